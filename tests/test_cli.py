@@ -1,0 +1,370 @@
+"""``vitcam explain`` end to end, through the Typer app and (for entry points and pipes) a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from tests.conftest import BROKEN_IMAGES, CLASS_NAMES, GOOD_IMAGES
+from vitcam_cli.cli import app
+from vitcam_cli.data import decode_image
+from vitcam_cli.outputs.manifest import ROW_FIELDS
+
+VITCAM = [sys.executable, "-m", "vitcam_cli"]
+
+
+def run(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, [str(a) for a in args], input=stdin)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def explain(model: Path, *args: str) -> tuple[int, str, str]:
+    return run("explain", "--model", f"local-dir:{model}", "--workers", "0", "--quiet", *args)
+
+
+def rows_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_version_through_the_console_script_and_module():
+    script = Path(sys.executable).with_name("vitcam")
+    for command in ([str(script), "--version"], [*VITCAM, "--version"]):
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        assert result.stdout.startswith("vitcam ")
+
+
+def test_help_documents_every_option():
+    code, stdout, _ = run("explain", "--help")
+    assert code == 0
+    for option in (
+        "--model", "--checkpoint", "--no-pretrained", "--num-classes", "--img-size", "--files-from",
+        "--variant", "--kernel", "--target-block", "--skip", "--score", "--mask-batch", "--class",
+        "--top-k", "--labels",
+        "--out", "--save-maps", "--colormap", "--alpha", "--skip-existing", "--jsonl", "--batch-size",
+        "--workers", "--device", "--precision", "--quiet", "--config", "--debug",
+    ):  # fmt: skip
+        assert option in stdout, option
+
+
+def test_mixed_folder_end_to_end(tiny_model, image_folder, tmp_path):
+    out = tmp_path / "out"
+    code, _, stderr = explain(tiny_model, str(image_folder), "-o", str(out), "--save-maps")
+    assert code == 1, stderr  # finished, some inputs failed
+    rows = rows_of(out)
+    assert len(rows) == len(GOOD_IMAGES) + len(BROKEN_IMAGES)
+    assert [row["path"] for row in rows] == sorted(row["path"] for row in rows)
+    for row in rows:
+        assert set(ROW_FIELDS) <= set(row)
+        name = Path(row["path"]).relative_to(image_folder).as_posix()
+        if name in BROKEN_IMAGES:
+            assert row["status"] == "error" and BROKEN_IMAGES[name] in row["error"]
+            continue
+        assert row["status"] == "ok" and row["rank"] == 1
+        assert row["class_name"] == CLASS_NAMES[row["class_index"]]
+        original = decode_image(Path(row["path"]))
+        overlay = Image.open(out / row["overlay"])
+        assert overlay.size == original.size == (row["width"], row["height"])
+        saliency = np.load(out / row["map"])
+        assert saliency.shape == (4, 6) and saliency.dtype == np.float32
+    assert (out / "overlays/nested/deeper/gray.png").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete"
+    assert summary["images"] == {
+        "ok": len(GOOD_IMAGES),
+        "error": len(BROKEN_IMAGES),
+        "skipped": 0,
+        "total": len(GOOD_IMAGES) + len(BROKEN_IMAGES),
+    }
+    assert summary["settings"]["method"]["variant"] == "official"
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0] == ",".join(ROW_FIELDS) and len(csv_lines) == len(rows) + 1
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_all_good_inputs_exit_zero_and_variants_change_maps(tiny_model, small_folder, tmp_path):
+    maps = {}
+    for variant in ("official", "otx", "openvino-xai"):
+        out = tmp_path / variant
+        code, _, stderr = explain(
+            tiny_model, str(small_folder), "-o", str(out), "--variant", variant, "--save-maps"
+        )
+        assert code == 0, stderr
+        maps[variant] = np.load(out / "maps/a.npy")
+        assert json.loads((out / "summary.json").read_text())["settings"]["method"]["variant"] == variant
+    assert not np.allclose(maps["official"], maps["otx"])
+    assert not np.allclose(maps["otx"], maps["openvino-xai"])
+
+
+def test_explicit_method_options_override_the_preset(tiny_model, small_folder, tmp_path):
+    out = tmp_path / "out"
+    args = ("--variant", "otx", "--kernel", "single", "--target-block", "0", "--score", "logit")
+    code, _, stderr = explain(tiny_model, str(small_folder), "-o", str(out), *args)
+    assert code == 0, stderr
+    method = json.loads((out / "summary.json").read_text())["settings"]["method"]
+    assert method | {"kernel": "single", "target_block": 0, "skip": "ln", "score": "logit"} == method
+
+
+def test_top_k_and_classes_name_files_by_class(tiny_model, small_folder, tmp_path):
+    out = tmp_path / "top"
+    assert explain(tiny_model, str(small_folder), "-o", str(out), "--top-k", "3")[0] == 0
+    rows = [row for row in rows_of(out) if row["path"].endswith("a.png")]
+    assert [row["rank"] for row in rows] == [1, 2, 3]
+    assert all(row["overlay"] == f"overlays/a.{row['class_index']}.png" for row in rows)
+    assert rows[0]["probability"] >= rows[1]["probability"] >= rows[2]["probability"]
+
+    out = tmp_path / "classes"
+    assert explain(tiny_model, str(small_folder), "-o", str(out), "--class", "dog", "-c", "4")[0] == 0
+    assert {row["class_name"] for row in rows_of(out)} == {"dog", "horse"}
+    assert (out / "overlays/sub/c.1.png").is_file() and (out / "overlays/sub/c.4.png").is_file()
+
+
+def test_labels_choose_the_class_and_missing_labels_are_error_rows(tiny_model, small_folder, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\na.png,fish\nsub/c.png,0\n")
+    out = tmp_path / "out"
+    code, _, _ = explain(tiny_model, str(small_folder), "-o", str(out), "--labels", str(labels))
+    assert code == 1
+    by_name = {Path(row["path"]).name: row for row in rows_of(out)}
+    assert by_name["a.png"]["class_name"] == "fish" and by_name["c.png"]["class_name"] == "cat"
+    assert by_name["b.jpg"]["status"] == "error" and "no label" in by_name["b.jpg"]["error"]
+
+
+def test_resume_processes_only_missing_images(tiny_model, small_folder, tmp_path):
+    out = tmp_path / "out"
+    assert explain(tiny_model, str(small_folder), "-o", str(out))[0] == 0
+    kept = out / "overlays/b.png"
+    kept_time = kept.stat().st_mtime_ns
+    (out / "overlays/a.png").unlink()  # as if the run died before this file landed
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join(lines) + '\n{"path": "torn')
+    code, _, stderr = explain(tiny_model, str(small_folder), "-o", str(out), "--skip-existing")
+    assert code == 0, stderr
+    rows = rows_of(out)
+    assert sorted(row["path"] for row in rows) == sorted(json.loads(line)["path"] for line in lines)
+    assert (out / "overlays/a.png").is_file() and kept.stat().st_mtime_ns == kept_time
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"]["skipped"] == 2 and summary["images"]["ok"] == 3
+
+
+def test_resume_with_other_settings_is_refused(tiny_model, small_folder, tmp_path):
+    out = tmp_path / "out"
+    assert explain(tiny_model, str(small_folder), "-o", str(out))[0] == 0
+    code, _, stderr = explain(
+        tiny_model, str(small_folder), "-o", str(out), "--skip-existing", "--variant", "otx"
+    )
+    assert code == 2 and "different method settings" in stderr
+
+
+def test_files_from_stdin_and_jsonl_in_a_real_pipe(tiny_model, small_folder, tmp_path):
+    listing = "\n".join(str(p) for p in sorted(small_folder.rglob("*.png"))) + "\n"
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            *VITCAM,
+            "explain",
+            "--files-from",
+            "-",
+            "--model",
+            str(tiny_model),
+            "-o",
+            str(out),
+            "--jsonl",
+            "-q",
+        ],
+        input=listing,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["path"] for row in printed] == [row["path"] for row in rows_of(out)]
+    assert {Path(row["path"]).name for row in printed} == {"a.png", "c.png"}
+
+
+def test_offline_without_cached_weights_is_one_line_and_exit_2(tmp_path, small_folder):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "th"))
+    result = subprocess.run(
+        [*VITCAM, "explain", str(small_folder), "--model", "vit_tiny_patch16_224", "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--checkpoint" in lines[0] and "local-dir:" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback(small_folder, tmp_path):
+    code, _, stderr = run(
+        "explain",
+        str(small_folder),
+        "-m",
+        "resnet18",
+        "--no-pretrained",
+        "--debug",
+        "-o",
+        str(tmp_path / "o"),
+    )
+    assert code == 2 and "Traceback" in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("-m", "resnet18", "--no-pretrained"), "not supported"),
+        (
+            (
+                "-m",
+                "vit_tiny_patch16_224",
+                "--no-pretrained",
+                "--img-size",
+                "32",
+                "--precision",
+                "fp16",
+                "--device",
+                "cpu",
+            ),
+            "fp16 needs a CUDA device",
+        ),
+        (("-m", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--alpha", "2"), "--alpha"),
+        (
+            ("-m", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--target-block", "40"),
+            "out of range",
+        ),
+        (("-m", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "3x"), "--img-size"),
+        (
+            (
+                "-m",
+                "vit_tiny_patch16_224",
+                "--no-pretrained",
+                "--img-size",
+                "32",
+                "--class",
+                "zebra-ish",
+                "--class",
+                "99999",
+            ),
+            "class",
+        ),
+        (
+            (
+                "-m",
+                "vit_tiny_patch16_224",
+                "--no-pretrained",
+                "--img-size",
+                "32",
+                "--top-k",
+                "2",
+                "--class",
+                "1",
+            ),
+            "only one of them",
+        ),
+        (
+            ("-m", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--colormap", "nope"),
+            "colormap",
+        ),
+        (
+            ("-m", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--device", "cuda:7"),
+            "--device",
+        ),
+        (("-m", "not_a_model_at_all"), "not a timm model name"),
+        ((), "--model is required"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(small_folder, tmp_path, args, message):
+    code, _, stderr = run("explain", str(small_folder), "-o", str(tmp_path / "o"), "--workers", "0", *args)
+    assert code == 2
+    assert message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_bad_input_paths(tiny_model, tmp_path):
+    code, _, stderr = explain(tiny_model, str(tmp_path / "missing"), "-o", str(tmp_path / "o"))
+    assert code == 2 and "no such file or folder" in stderr
+    (tmp_path / "empty").mkdir()
+    code, _, stderr = explain(tiny_model, str(tmp_path / "empty"), "-o", str(tmp_path / "o"))
+    assert code == 2 and "no images found" in stderr
+
+
+def test_unwritable_output_folder_is_refused(tiny_model, small_folder, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the output folder should go")
+    code, _, stderr = explain(tiny_model, str(small_folder), "-o", str(blocker))
+    assert code == 2 and "--out" in stderr
+    assert blocker.read_text().startswith("a file")
+
+
+def test_config_file_sets_options_and_flags_win(tiny_model, small_folder, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'model = "local-dir:{tiny_model}"\nworkers = 0\nquiet = true\n\n'
+        f'[explain]\nvariant = "otx"\ntop-k = 2\nout = "{tmp_path / "from-config"}"\n'
+        f'inputs = ["{small_folder}"]\n'
+    )
+    code, _, stderr = run("explain", "--config", str(config), "--variant", "openvino-xai")
+    assert code == 0, stderr
+    summary = json.loads((tmp_path / "from-config" / "summary.json").read_text())
+    assert summary["settings"]["method"]["variant"] == "openvino-xai"
+    assert summary["settings"]["targets"] == {"mode": "top-k", "k": 2}
+
+    config.write_text('modle = "typo"\n')
+    code, _, stderr = run("explain", str(small_folder), "--config", str(config))
+    assert code == 2 and "unknown option 'modle'" in stderr
+
+
+def test_checkpoint_replaces_the_folder_weights(tiny_model, other_tiny_model, small_folder, tmp_path):
+    direct, swapped = tmp_path / "direct", tmp_path / "swapped"
+    assert explain(other_tiny_model, str(small_folder), "-o", str(direct))[0] == 0
+    checkpoint = other_tiny_model / "model.safetensors"
+    assert explain(tiny_model, str(small_folder), "-o", str(swapped), "--checkpoint", str(checkpoint))[0] == 0
+    pick = lambda rows: [(r["class_index"], r["probability"]) for r in rows]  # noqa: E731
+    assert pick(rows_of(direct)) == pick(rows_of(swapped))
+
+
+def test_bf16_on_cpu_runs_and_batch_size_does_not_change_maps(tiny_model, small_folder, tmp_path):
+    one, four, bf16 = tmp_path / "one", tmp_path / "four", tmp_path / "bf16"
+    assert explain(tiny_model, str(small_folder), "-o", str(one), "--save-maps", "-b", "1")[0] == 0
+    assert explain(tiny_model, str(small_folder), "-o", str(four), "--save-maps", "-b", "4")[0] == 0
+    np.testing.assert_allclose(
+        np.load(one / "maps/a.npy"), np.load(four / "maps/a.npy"), rtol=1e-5, atol=1e-7
+    )
+    assert (
+        explain(tiny_model, str(small_folder), "-o", str(bf16), "--save-maps", "--precision", "bf16")[0] == 0
+    )
+    assert np.isfinite(np.load(bf16 / "maps/a.npy")).all()
+    assert json.loads((bf16 / "summary.json").read_text())["precision"] == "bf16"
+
+
+def test_example_configs_are_valid():
+    from typer.main import get_command
+
+    from vitcam_cli.config import load_config
+
+    command = get_command(app).commands["explain"]
+    configs = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.toml"))
+    assert configs
+    for config in configs:
+        assert load_config(config, command, "explain")
+
+
+def test_missing_listed_file_is_an_error_row(tiny_model, small_folder, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{small_folder / 'a.png'}\n{small_folder / 'gone.png'}\n")
+    out = tmp_path / "out"
+    code, _, _ = explain(tiny_model, "--files-from", str(listing), "-o", str(out))
+    assert code == 1
+    assert [(Path(r["path"]).name, r["status"], r["error"]) for r in rows_of(out)] == [
+        ("a.png", "ok", None),
+        ("gone.png", "error", "file not found"),
+    ]

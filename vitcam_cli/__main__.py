@@ -1,0 +1,3 @@
+from vitcam_cli.cli import main
+
+main()

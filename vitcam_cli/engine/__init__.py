@@ -1,0 +1,1 @@
+"""The masked-token machinery ViT-ReciproCAM runs on."""

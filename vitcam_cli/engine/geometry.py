@@ -1,0 +1,206 @@
+"""Where the tokens are, read from a timm model: prefix tokens, the patch grid, the blocks.
+
+The engine treats a ViT as ``stem -> blocks[0..depth) -> norm -> forward_head``. The stem is never
+re-implemented: a real forward pass runs it, and hooks record what enters the target block (and
+the extra arguments, such as EVA's rotary embedding or BEiT's relative position bias, that every
+later block receives). ``run_blocks`` then replays the rest of the network on masked copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vitcam_cli.errors import UnsupportedModelError, VitcamError
+
+SUPPORTED = (
+    "vitcam explains timm Vision Transformers with a patch-token grid and pre-norm blocks "
+    "(vit_*, deit_*, eva*, beit*, ... with any prefix tokens); CNNs and hierarchical transformers "
+    "(resnet, convnext, swin, ...) are not supported"
+)
+
+BlockExtras = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """The token sequence of one image: ``num_prefix`` prefix tokens then a row-major ``grid``."""
+
+    num_prefix: int
+    grid: tuple[int, int]
+    depth: int
+    dim: int
+    heads: int
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefix + self.num_patches
+
+    def block_index(self, target_block: int) -> int:
+        """Normalise a Python-style block index (``-1`` = last) and check it is in range."""
+        index = target_block + self.depth if target_block < 0 else target_block
+        if not 0 <= index < self.depth:
+            raise VitcamError(
+                f"--target-block {target_block} is out of range for a model with {self.depth} blocks "
+                f"(use {-self.depth}..{self.depth - 1})"
+            )
+        return index
+
+
+def token_layout(model: nn.Module) -> TokenLayout:
+    """Read the token layout from a timm ViT, or refuse the model with one clear line."""
+    name = type(model).__name__
+    patch_embed = getattr(model, "patch_embed", None)
+    grid = getattr(patch_embed, "grid_size", None)
+    blocks = getattr(model, "blocks", None)
+    looks_like_vit = (
+        grid is not None
+        and isinstance(blocks, (nn.Sequential, nn.ModuleList))
+        and len(blocks) > 0
+        and hasattr(model, "num_prefix_tokens")
+        and hasattr(model, "forward_head")
+        and hasattr(model, "norm")
+        and all(hasattr(block, "norm1") and hasattr(block, "attn") for block in blocks)
+    )
+    if not looks_like_vit:
+        raise UnsupportedModelError(f"{name} is not supported: {SUPPORTED}")
+    if getattr(patch_embed, "flatten", True) is False or getattr(model, "dynamic_img_size", False):
+        raise UnsupportedModelError(
+            f"{name} with dynamic image size or unflattened patch tokens is not supported: {SUPPORTED}"
+        )
+    attn = blocks[0].attn
+    dim = getattr(model, "embed_dim", None) or getattr(model, "num_features", 0)
+    return TokenLayout(
+        num_prefix=int(model.num_prefix_tokens),
+        grid=(int(grid[0]), int(grid[1])),
+        depth=len(blocks),
+        dim=int(dim),
+        heads=int(getattr(attn, "num_heads", 1)),
+    )
+
+
+@dataclass
+class Trace:
+    """One real forward pass of a batch, with what the target block and its successors received."""
+
+    logits: Tensor
+    block_input: Tensor
+    block_extras: list[BlockExtras]
+
+
+@contextmanager
+def _record_block_calls(blocks: nn.Module, start: int, calls: list[BlockExtras]) -> Iterator[None]:
+    handles = []
+
+    def record(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        calls.append((args, kwargs))
+
+    for block in list(blocks)[start:]:
+        handles.append(block.register_forward_pre_hook(record, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def trace(model: nn.Module, images: Tensor, start: int, layout: TokenLayout) -> Trace:
+    """Run ``model(images)`` once, recording the input of ``blocks[start]`` and every later block's extras."""
+    calls: list[BlockExtras] = []
+    with _record_block_calls(model.blocks, start, calls):
+        logits = model(images)
+    expected = layout.depth - start
+    if len(calls) != expected:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} called its blocks {len(calls)} times after block {start}, "
+            f"expected {expected}: {SUPPORTED}"
+        )
+    block_input = calls[0][0][0]
+    if block_input.shape[1] != layout.num_tokens:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} feeds {block_input.shape[1]} tokens to its blocks, expected "
+            f"{layout.num_prefix} prefix + {layout.grid[0]}x{layout.grid[1]} patch tokens: {SUPPORTED}"
+        )
+    extras = [(args[1:], kwargs) for args, kwargs in calls]
+    return Trace(logits=logits, block_input=block_input, block_extras=extras)
+
+
+@contextmanager
+def replace_norm1_output(block: nn.Module, replacement: Tensor) -> Iterator[None]:
+    """Make ``block.norm1`` return ``replacement`` for one call: the masked LayerNorm output.
+
+    The block's own forward then computes ``residual + attn(replacement)`` and its MLP, whatever
+    its class (timm Block, EVA, BEiT), so the skip path is simply what the block is called with.
+    """
+    calls = 0
+
+    def substitute(_module: nn.Module, _inputs: tuple, _output: Tensor) -> Tensor:
+        nonlocal calls
+        calls += 1
+        return replacement
+
+    handle = block.norm1.register_forward_hook(substitute)
+    try:
+        yield
+    finally:
+        handle.remove()
+    if calls != 1:
+        raise UnsupportedModelError(
+            f"{type(block).__name__} applies norm1 {calls} times per call, expected once: {SUPPORTED}"
+        )
+
+
+def run_blocks(
+    model: nn.Module,
+    tokens: Tensor,
+    start: int,
+    extras: list[BlockExtras],
+    norm1_output: Tensor | None = None,
+) -> Tensor:
+    """Run ``blocks[start:]``, the final norm and the head on ``tokens``; return the logits.
+
+    ``norm1_output``, when given, replaces the first block's LayerNorm output (see
+    ``replace_norm1_output``) while ``tokens`` is what that block's skip path carries.
+    """
+    blocks = list(model.blocks)[start:]
+    x = tokens
+    for i, (block, (args, kwargs)) in enumerate(zip(blocks, extras, strict=True)):
+        if i == 0 and norm1_output is not None:
+            with replace_norm1_output(block, norm1_output):
+                x = block(x, *args, **kwargs)
+        else:
+            x = block(x, *args, **kwargs)
+    return model.forward_head(model.norm(x))
+
+
+@torch.inference_mode()
+def check_decomposition(
+    model: nn.Module, layout: TokenLayout, start: int, input_size: tuple[int, ...]
+) -> None:
+    """Refuse a model whose forward pass is not ``stem -> blocks -> norm -> forward_head``.
+
+    One random image goes through ``model(x)`` and through the replayed tail (with norm1's own
+    output substituted, as the engine does); both must give the same logits.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn((1, *input_size), generator=generator).to(device)
+    traced = trace(model, images, start, layout)
+    norm1 = model.blocks[start].norm1(traced.block_input)
+    replayed = run_blocks(model, traced.block_input, start, traced.block_extras, norm1_output=norm1)
+    if replayed.shape != traced.logits.shape or not torch.allclose(
+        replayed, traced.logits, rtol=1e-4, atol=1e-4
+    ):
+        raise UnsupportedModelError(
+            f"{type(model).__name__}'s forward pass does not decompose into blocks -> norm -> "
+            f"forward_head: {SUPPORTED}"
+        )

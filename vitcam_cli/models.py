@@ -1,0 +1,204 @@
+"""Loading a timm model the way timm does: registry names, ``hf-hub:``, ``local-dir:``, checkpoints.
+
+Preprocessing comes from the model's pretrained_cfg, class names from its config (``label_names``)
+or timm's ImageNet metadata; vitcam re-derives none of it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset, resolve_input_data_config
+from torch import nn
+
+from vitcam_cli.engine.geometry import TokenLayout, token_layout
+from vitcam_cli.errors import VitcamError
+
+OFFLINE_HINT = (
+    "pass --checkpoint FILE (weights on disk, with --model ARCH), --model local-dir:PATH "
+    "(a folder with config.json and model.safetensors), or --no-pretrained (random weights)"
+)
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    spec: str
+    layout: TokenLayout
+    data_config: dict[str, Any]
+    transform: Callable[[Any], torch.Tensor]
+    class_names: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        return tuple(self.data_config["input_size"])
+
+
+def resolve_model_name(spec: str) -> str:
+    """Map ``--model`` to a timm model name; a folder with config.json becomes ``local-dir:``."""
+    if spec.startswith(("hf-hub:", "local-dir:")):
+        if (
+            spec.startswith("local-dir:")
+            and not (Path(spec.removeprefix("local-dir:")) / "config.json").is_file()
+        ):
+            raise VitcamError(
+                f"--model {spec}: no config.json in that folder (expected timm's export format)"
+            )
+        return spec
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise VitcamError(
+                f"--model {spec}: the folder has no config.json (expected timm's export format)"
+            )
+        return f"local-dir:{path}"
+    if path.is_file():
+        raise VitcamError(
+            f"--model {spec} is a file: pass the architecture as --model and the file as --checkpoint"
+        )
+    if not timm.is_model(spec.split(".")[0]):
+        close = difflib.get_close_matches(spec, timm.list_models(), n=3, cutoff=0.75)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise VitcamError(
+            f"--model {spec}: not a timm model name{hint}; use a timm name, hf-hub:ORG/NAME, "
+            "local-dir:PATH or a folder with config.json"
+        )
+    return spec
+
+
+def class_names_for(model: nn.Module) -> list[str]:
+    """``label_names`` from the model's config, else ImageNet descriptions, else the indices."""
+    num_classes = int(model.num_classes)
+    names = model.pretrained_cfg.get("label_names")
+    if isinstance(names, dict):
+        names = [names.get(str(i), names.get(i, str(i))) for i in range(num_classes)]
+    if names and len(names) == num_classes:
+        descriptions = model.pretrained_cfg.get("label_descriptions") or {}
+        return [str(descriptions.get(name, name)) for name in names]
+    subset = infer_imagenet_subset(model)
+    if subset:
+        info = ImageNetInfo(subset)
+        if info.num_classes() == num_classes:
+            return [info.index_to_description(i) for i in range(num_classes)]
+    return [str(i) for i in range(num_classes)]
+
+
+def _load_checkpoint(model: nn.Module, checkpoint: Path) -> None:
+    """Load .safetensors or .pth/.pt/.bin (weights only), unwrapping common containers and prefixes."""
+    if not checkpoint.is_file():
+        raise VitcamError(f"--checkpoint {checkpoint}: no such file")
+    try:
+        state_dict = timm.models.load_state_dict(str(checkpoint), use_ema=True, weights_only=True)
+    except Exception as error:
+        raise VitcamError(
+            f"--checkpoint {checkpoint}: cannot read it ({type(error).__name__}: {error}); "
+            "expected .safetensors, or a .pth/.pt/.bin holding tensors only"
+        ) from error
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise VitcamError(f"--checkpoint {checkpoint}: not a state dict of tensors")
+    state_dict = {key.removeprefix("model."): value for key, value in state_dict.items()}
+    head = state_dict.get("head.weight")
+    if head is not None and head.shape[0] != model.num_classes:
+        raise VitcamError(
+            f"--checkpoint {checkpoint} has a {head.shape[0]}-class head but the model has "
+            f"{model.num_classes}: add --num-classes {head.shape[0]}"
+        )
+    # the model family's own filter adapts native checkpoints (e.g. resamples pos_embed for --img-size)
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state_dict = filter_fn(state_dict, model)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}" if missing else "",
+                f"unexpected {', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}"
+                if unexpected
+                else "",
+            )
+            if part
+        )
+        raise VitcamError(f"--checkpoint {checkpoint} does not match the model architecture ({detail})")
+
+
+def load_model(
+    spec: str,
+    *,
+    checkpoint: Path | None = None,
+    pretrained: bool = True,
+    num_classes: int | None = None,
+    img_size: tuple[int, int] | None = None,
+    device: torch.device | str = "cpu",
+) -> LoadedModel:
+    """Create the model, load its weights, check it is a supported ViT, and build its preprocessing."""
+    name = resolve_model_name(spec)
+    load_pretrained = pretrained and checkpoint is None
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random weights (--no-pretrained, new heads) are the same on every run
+            model = timm.create_model(name, pretrained=load_pretrained, **kwargs)
+    except VitcamError:
+        raise
+    except Exception as error:
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
+        if load_pretrained:
+            raise VitcamError(
+                f"cannot load pretrained weights for --model {spec} ({reason}); "
+                f"offline or not cached? {OFFLINE_HINT}"
+            ) from error
+        raise VitcamError(f"cannot build --model {spec} ({reason})") from error
+    layout = token_layout(model)
+    if checkpoint is not None:
+        _load_checkpoint(model, checkpoint)
+    model.eval().to(device)
+    data_config = resolve_input_data_config(model)
+    transform = create_transform(**data_config, is_training=False)
+    info = {
+        "model": spec,
+        "architecture": model.pretrained_cfg.get("architecture", type(model).__name__),
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "pretrained": load_pretrained or checkpoint is not None,
+        "num_classes": int(model.num_classes),
+        "input_size": list(data_config["input_size"]),
+        "grid": list(layout.grid),
+        "prefix_tokens": layout.num_prefix,
+    }
+    return LoadedModel(model, spec, layout, data_config, transform, class_names_for(model), info)
+
+
+def resolve_class(value: str, class_names: list[str]) -> int:
+    """A ``--class`` value: an index, or a class name (case-insensitive; any comma-separated synonym)."""
+    if value.strip().lstrip("-").isdigit():
+        index = int(value)
+        if not 0 <= index < len(class_names):
+            raise VitcamError(f"class {index} is out of range: the model has {len(class_names)} classes")
+        return index
+    wanted = value.strip().lower()
+    exact = [i for i, name in enumerate(class_names) if name.lower() == wanted]
+    if exact:
+        return exact[0]
+    synonyms = [
+        i for i, name in enumerate(class_names) if wanted in (s.strip().lower() for s in name.split(","))
+    ]
+    if len(synonyms) == 1:
+        return synonyms[0]
+    if synonyms:
+        options = "; ".join(f"{i} ({class_names[i]})" for i in synonyms[:5])
+        raise VitcamError(f"class {value!r} is ambiguous: {options}; pass the index instead")
+    close = difflib.get_close_matches(value, class_names, n=3)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    raise VitcamError(f"class {value!r} is not one of the model's class names{hint}; pass an index or a name")

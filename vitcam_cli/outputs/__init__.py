@@ -1,0 +1,1 @@
+"""Everything written to disk: overlays, raw maps, the manifest and the summary."""

@@ -1,0 +1,118 @@
+"""results.jsonl (appended and flushed per image), results.csv (the same rows), and resuming."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vitcam_cli.outputs.atomic import write_atomic
+
+ROW_FIELDS = (
+    "path",
+    "status",
+    "error",
+    "class_index",
+    "class_name",
+    "probability",
+    "rank",
+    "overlay",
+    "map",
+    "width",
+    "height",
+)
+
+
+def read_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a JSONL file; a torn last line (from a killed run) is skipped."""
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if not line.endswith("\n"):
+                return
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "path" in row:
+                yield row
+
+
+@dataclass
+class Counts:
+    images_ok: int = 0
+    images_error: int = 0
+    rows: int = 0
+
+
+class Manifest:
+    """The per-image result rows of one output folder.
+
+    Rows of one image are written with a single write and flushed, so after a crash the file holds
+    whole images only (at most a torn final line, which resuming drops).
+    """
+
+    def __init__(self, out: Path, resume: bool, needs_map: bool) -> None:
+        self.out = out
+        self.jsonl = out / "results.jsonl"
+        self.csv = out / "results.csv"
+        self.done: set[str] = self._recover(needs_map) if resume else set()
+        if not resume:
+            write_atomic(self.jsonl, lambda handle: None)
+        self.handle = self.jsonl.open("a", encoding="utf-8")
+
+    def _complete(self, rows: list[dict[str, Any]], needs_map: bool) -> bool:
+        for row in rows:
+            if (
+                row.get("status") != "ok"
+                or not row.get("overlay")
+                or not (self.out / row["overlay"]).is_file()
+            ):
+                return False
+            if needs_map and not (row.get("map") and (self.out / row["map"]).is_file()):
+                return False
+        return True
+
+    def _recover(self, needs_map: bool) -> set[str]:
+        """Keep the rows of images whose outputs are all on disk; everything else is redone."""
+        by_path: dict[str, list[dict[str, Any]]] = {}
+        for row in read_rows(self.jsonl):
+            by_path.setdefault(row["path"], []).append(row)
+        done = {path for path, rows in by_path.items() if self._complete(rows, needs_map)}
+        kept = "".join(json.dumps(row) + "\n" for path in by_path if path in done for row in by_path[path])
+        write_atomic(self.jsonl, lambda handle: handle.write(kept.encode()))
+        return done
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        self.handle.write("".join(json.dumps(row) + "\n" for row in rows))
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def finish(self) -> Counts:
+        """Close the JSONL, write results.csv from it (streamed), and count what the folder holds."""
+        self.close()
+        counts = Counts()
+        image_ok: dict[str, bool] = {}
+
+        def write_csv(handle: Any) -> None:
+            text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+            writer = csv.DictWriter(text, fieldnames=ROW_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            for row in read_rows(self.jsonl):
+                counts.rows += 1
+                image_ok[row["path"]] = image_ok.get(row["path"], True) and row.get("status") == "ok"
+                writer.writerow({key: "" if row.get(key) is None else row[key] for key in ROW_FIELDS})
+            text.flush()
+            text.detach()
+
+        write_atomic(self.csv, write_csv)
+        counts.images_ok = sum(image_ok.values())
+        counts.images_error = len(image_ok) - counts.images_ok
+        return counts

@@ -1,0 +1,422 @@
+"""The explain loop: stream batches -> predict and explain -> overlays, maps and manifest rows."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import PIL
+import timm
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from vitcam_cli import __version__
+from vitcam_cli.data import (
+    IMAGE_EXTENSIONS,
+    ImageFiles,
+    ImageItem,
+    discover,
+    make_loader,
+    read_labels,
+    read_path_list,
+)
+from vitcam_cli.errors import VitcamError
+from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM
+from vitcam_cli.models import LoadedModel, load_model, resolve_class
+from vitcam_cli.outputs.atomic import write_atomic, write_json_atomic
+from vitcam_cli.outputs.manifest import Counts, Manifest
+from vitcam_cli.outputs.overlay import Box, colormap_table, model_view, render_overlay
+from vitcam_cli.runtime import autocast, check_precision, resolve_device
+from vitcam_cli.targets import TargetRequest, ranks
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# settings that change what is written: resuming into a folder written with others is refused
+RESUME_KEYS = ("model", "method", "targets", "colormap", "alpha")
+
+
+@dataclass
+class ExplainOptions:
+    inputs: list[str]
+    model: str
+    files_from: str | None = None
+    checkpoint: Path | None = None
+    pretrained: bool = True
+    num_classes: int | None = None
+    img_size: tuple[int, int] | None = None
+    variant: str = "official"
+    kernel: str | None = None
+    target_block: int | None = None
+    skip: str | None = None
+    score: str | None = None
+    classes: list[str] = field(default_factory=list)
+    top_k: int | None = None
+    labels: Path | None = None
+    out: Path = Path("vitcam-out")
+    save_maps: bool = False
+    colormap: str = "inferno"
+    alpha: float = 0.5
+    batch_size: int = 8
+    workers: int = 1
+    device: str = "auto"
+    precision: str = "fp32"
+    mask_batch: int | None = None
+    skip_existing: bool = False
+    quiet: bool = False
+    jsonl: bool = False
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "vitcam": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "pillow": PIL.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _target_request(options: ExplainOptions, class_names: list[str]) -> TargetRequest:
+    chosen = sum([bool(options.classes), options.top_k is not None, options.labels is not None])
+    if chosen > 1:
+        raise VitcamError("--class, --top-k and --labels choose the target classes: use only one of them")
+    if options.top_k is not None and not 1 <= options.top_k <= len(class_names):
+        raise VitcamError(
+            f"--top-k {options.top_k}: must be between 1 and {len(class_names)} (the class count)"
+        )
+    classes = tuple(dict.fromkeys(resolve_class(value, class_names) for value in options.classes))
+    return TargetRequest(top_k=options.top_k or 1, classes=classes, from_labels=options.labels is not None)
+
+
+def _check_options(options: ExplainOptions) -> None:
+    if not 0.0 <= options.alpha <= 1.0:
+        raise VitcamError(f"--alpha {options.alpha}: must be between 0 and 1")
+    if options.batch_size < 1:
+        raise VitcamError("--batch-size must be at least 1")
+    if options.workers < 0:
+        raise VitcamError("--workers must be 0 (decode in the main process) or more")
+    if options.mask_batch is not None and options.mask_batch < 1:
+        raise VitcamError("--mask-batch must be at least 1 (or leave it out for automatic)")
+    if options.variant not in PRESETS:
+        raise VitcamError(f"--variant {options.variant}: use one of {', '.join(PRESETS)}")
+    if not options.inputs and options.files_from is None:
+        raise VitcamError("no inputs: pass image files or folders, or --files-from FILE (- for stdin)")
+    colormap_table(options.colormap)
+
+
+def _prepare_out(out: Path, settings: dict[str, Any], resume: bool) -> None:
+    """Create ``out`` and check it is writable; when resuming, refuse a folder written with other settings."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / ".vitcam-write-check", lambda handle: handle.write(b"ok"))
+        (out / ".vitcam-write-check").unlink()
+    except OSError as error:
+        raise VitcamError(
+            f"--out {out}: cannot write there ({error.strerror}); choose another folder"
+        ) from error
+    previous = out / "summary.json"
+    if resume and previous.is_file():
+        try:
+            before = json.loads(previous.read_text()).get("settings", {})
+        except (OSError, json.JSONDecodeError):
+            before = {}
+        changed = [key for key in RESUME_KEYS if key in before and before[key] != settings.get(key)]
+        if changed:
+            raise VitcamError(
+                f"--skip-existing: {out} was written with different {', '.join(changed)} settings; "
+                "rerun with the same options or use a new --out"
+            )
+
+
+class OutputWriter:
+    """Renders overlays and saves maps on worker threads; rows leave in input order, after their files."""
+
+    def __init__(self, out: Path, manifest: Manifest, emit: Any, colormap: str, alpha: float) -> None:
+        self.out = out
+        self.manifest = manifest
+        self.emit = emit
+        self.colormap = colormap
+        self.alpha = alpha
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vitcam-writer")
+        self.pending: deque[Future[list[dict[str, Any]]]] = deque()
+
+    def submit_rows(self, rows: list[dict[str, Any]]) -> None:
+        future: Future[list[dict[str, Any]]] = Future()
+        future.set_result(rows)
+        self._enqueue(future)
+
+    def submit(self, job: dict[str, Any]) -> None:
+        self._enqueue(self.pool.submit(self._write, job))
+
+    def _enqueue(self, future: Future[list[dict[str, Any]]]) -> None:
+        self.pending.append(future)
+        self.flush(wait=len(self.pending) > 64)
+
+    def flush(self, wait: bool = False) -> None:
+        while self.pending and (wait or self.pending[0].done()):
+            rows = self.pending.popleft().result()
+            self.manifest.write(rows)
+            self.emit(rows)
+            wait = wait and len(self.pending) > 32
+
+    def drain(self) -> None:
+        while self.pending:
+            self.flush(wait=True)
+        self.pool.shutdown(wait=True)
+
+    def _write(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        original: np.ndarray = job["original"]
+        for row, saliency in zip(job["rows"], job["maps"], strict=True):
+            image = render_overlay(original, saliency, job["box"], self.colormap, self.alpha)
+            write_atomic(
+                self.out / row["overlay"],
+                lambda handle, image=image: Image.fromarray(image).save(
+                    handle, format="PNG", compress_level=3
+                ),
+            )
+            if row["map"]:
+                raw = saliency.numpy().astype(np.float32)
+                write_atomic(self.out / row["map"], lambda handle, raw=raw: np.save(handle, raw))
+        return job["rows"]
+
+
+def _error_row(item: ImageItem, message: str) -> dict[str, Any]:
+    return {
+        "path": str(item.path),
+        "status": "error",
+        "error": message,
+        "class_index": None,
+        "class_name": None,
+        "probability": None,
+        "rank": None,
+        "overlay": None,
+        "map": None,
+        "width": None,
+        "height": None,
+    }
+
+
+def _output_name(item: ImageItem, class_index: int, several: bool, suffix: str) -> str:
+    """``<key><suffix>``, or ``<key>.<class><suffix>`` when each image gets several classes."""
+    return f"{item.key}.{class_index}{suffix}" if several else f"{item.key}{suffix}"
+
+
+def _progress(console: Console, disabled: bool) -> Progress:
+    return Progress(
+        TextColumn("explaining"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disabled,
+        transient=False,
+    )
+
+
+def _summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="vitcam explain", show_header=False, title_justify="left")
+    images = summary["images"]
+    table.add_row("images ok", str(images["ok"]))
+    table.add_row("images failed", str(images["error"]))
+    table.add_row("resumed (skipped)", str(images["skipped"]))
+    table.add_row("wall time", f"{summary['wall_seconds']:.1f} s")
+    table.add_row("images / s", f"{summary['images_per_second']:.2f}")
+    method = summary["settings"]["method"]
+    table.add_row(
+        "method",
+        f"{method['variant']} (block {method['target_block']}, skip {method['skip']}, "
+        f"{method['score']}, {method['kernel']})",
+    )
+    table.add_row("device", f"{summary['device']} {summary['precision']}")
+    table.add_row("output", summary["out"])
+    return table
+
+
+def run_explain(options: ExplainOptions, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """Explain every input image; return the exit code (0 all ok, 1 some failed, 130 interrupted)."""
+    started = time.perf_counter()
+    stdout = stdout or sys.stdout
+    console = Console(stderr=True, quiet=options.quiet)
+    _check_options(options)
+    device = resolve_device(options.device)
+    check_precision(options.precision, device)
+
+    listed = read_path_list(options.files_from, stdin) if options.files_from else []
+    items = discover(options.inputs, listed)
+    if not items:
+        where = ", ".join(options.inputs) or options.files_from
+        raise VitcamError(f"no images found in {where} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+
+    loaded: LoadedModel = load_model(
+        options.model,
+        checkpoint=options.checkpoint,
+        pretrained=options.pretrained,
+        num_classes=options.num_classes,
+        img_size=options.img_size,
+        device=device,
+    )
+    request = _target_request(options, loaded.class_names)
+    labels = (
+        read_labels(options.labels, items, lambda v: resolve_class(v, loaded.class_names))
+        if options.labels
+        else {}
+    )
+    method = PRESETS[options.variant].with_overrides(
+        kernel=options.kernel, target_block=options.target_block, skip=options.skip, score=options.score
+    )
+    explainer = ReciproCAM(loaded.model, loaded.layout, method, loaded.input_size, options.mask_batch)
+
+    settings = {
+        "model": loaded.info,
+        "method": {"name": "reciprocam", "variant": options.variant, **method.as_dict(), "engine": "dense"},
+        "targets": request.describe() | ({"labels": str(options.labels)} if options.labels else {}),
+        "colormap": options.colormap,
+        "alpha": options.alpha,
+        "save_maps": options.save_maps,
+        "batch_size": options.batch_size,
+        "mask_batch": options.mask_batch or "auto",
+    }
+    _prepare_out(options.out, settings, options.skip_existing)
+    summary: dict[str, Any] = {
+        "tool": "vitcam explain",
+        "status": "running",
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+        "settings": settings,
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "precision": options.precision,
+        "out": str(options.out),
+    }
+    write_json_atomic(options.out / "summary.json", summary)
+
+    manifest = Manifest(options.out, resume=options.skip_existing, needs_map=options.save_maps)
+    todo = [item for item in items if str(item.path) not in manifest.done]
+    progress = _progress(console, disabled=options.quiet or not console.is_terminal)
+    task = progress.add_task("explain", total=len(todo), rate="")
+    loop_started = time.perf_counter()
+
+    def emit(rows: list[dict[str, Any]]) -> None:
+        if options.jsonl:
+            stdout.write("".join(json.dumps(row) + "\n" for row in rows))
+            stdout.flush()
+        finished = progress.tasks[0].completed + 1
+        rate = finished / max(time.perf_counter() - loop_started, 1e-9)
+        progress.update(task, advance=1, rate=f"{rate:.1f} img/s")
+
+    writer = OutputWriter(options.out, manifest, emit, options.colormap, options.alpha)
+    status = "complete"
+    try:
+        with progress:
+            runnable = []
+            for item in todo:
+                label = labels.get(item.path)
+                if isinstance(label, str):  # --labels has no row for this image
+                    writer.submit_rows([_error_row(item, label)])
+                else:
+                    runnable.append(item)
+            _explain_items(runnable, loaded, explainer, request, labels, options, device, writer)
+            writer.drain()
+    except KeyboardInterrupt:
+        status = "interrupted"
+        writer.drain()
+    finally:
+        counts: Counts = manifest.finish()
+    elapsed = time.perf_counter() - started
+    summary.update(
+        status=status,
+        finished=datetime.now(UTC).isoformat(timespec="seconds"),
+        images={
+            "ok": counts.images_ok,
+            "error": counts.images_error,
+            "skipped": len(items) - len(todo),
+            "total": len(items),
+        },
+        rows=counts.rows,
+        wall_seconds=round(elapsed, 3),
+        images_per_second=round(len(todo) / elapsed, 3) if elapsed > 0 else 0.0,
+    )
+    write_json_atomic(options.out / "summary.json", summary)
+    console.print(_summary_table(summary))
+    if status == "interrupted":
+        console.print("[yellow]interrupted[/]: rerun the same command with --skip-existing to resume")
+        return EXIT_INTERRUPTED
+    return EXIT_SOME_FAILED if counts.images_error else EXIT_OK
+
+
+def _explain_items(
+    items: list[ImageItem],
+    loaded: LoadedModel,
+    explainer: ReciproCAM,
+    request: TargetRequest,
+    labels: dict[Path, int | str],
+    options: ExplainOptions,
+    device: torch.device,
+    writer: OutputWriter,
+) -> None:
+    several = request.per_image > 1
+    dataset = ImageFiles(items, loaded.transform)
+    loader = make_loader(dataset, options.batch_size, options.workers, pin_memory=device.type == "cuda")
+    for batch in loader:
+        failures = dict(batch.failures)
+        if batch.images is None:
+            for index, message in failures.items():
+                writer.submit_rows([_error_row(items[index], message)])
+            continue
+        batch_items = [items[i] for i in batch.indices]
+        batch_labels = (
+            torch.tensor([int(labels[item.path]) for item in batch_items]) if request.from_labels else None
+        )
+        images = batch.images.to(device, non_blocking=True)
+        with torch.inference_mode(), autocast(options.precision, device):
+            result = explainer(images, request.chooser(batch_labels))
+        probabilities = torch.softmax(result.logits, dim=-1).gather(1, result.classes).cpu()
+        class_ranks = ranks(result.logits, result.classes).cpu()
+        classes = result.classes.cpu()
+        maps = result.maps.cpu()
+        for row_index, item in enumerate(batch_items):
+            for index in [i for i in failures if i < batch.indices[row_index]]:  # keep input order
+                writer.submit_rows([_error_row(items[index], failures.pop(index))])
+            original = batch.originals[row_index].numpy()
+            if not torch.isfinite(maps[row_index]).all():
+                writer.submit_rows(
+                    [_error_row(item, "non-finite saliency scores (overflow or a broken model)")]
+                )
+                continue
+            height, width = original.shape[:2]
+            box: Box | None = model_view(loaded.transform, width, height)
+            rows = []
+            for t in range(classes.shape[1]):
+                class_index = int(classes[row_index, t])
+                rows.append(
+                    {
+                        "path": str(item.path),
+                        "status": "ok",
+                        "error": None,
+                        "class_index": class_index,
+                        "class_name": loaded.class_names[class_index],
+                        "probability": round(float(probabilities[row_index, t]), 6),
+                        "rank": int(class_ranks[row_index, t]),
+                        "overlay": "overlays/" + _output_name(item, class_index, several, ".png"),
+                        "map": "maps/" + _output_name(item, class_index, several, ".npy")
+                        if options.save_maps
+                        else None,
+                        "width": width,
+                        "height": height,
+                    }
+                )
+            writer.submit({"rows": rows, "maps": list(maps[row_index]), "original": original, "box": box})
+        for index, message in failures.items():
+            writer.submit_rows([_error_row(items[index], message)])
