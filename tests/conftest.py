@@ -25,9 +25,10 @@ TINY_ARGS = {
 }
 
 
-def export_tiny_model(folder: Path, seed: int) -> Path:
-    model = scramble(timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY_ARGS), seed=seed)
-    save_for_hf(model, folder, model_config={"label_names": CLASS_NAMES}, safe_serialization=True)
+def export_tiny_model(folder: Path, seed: int, names: list[str] = CLASS_NAMES, **overrides: object) -> Path:
+    kwargs = {**TINY_ARGS, "num_classes": len(names), **overrides}
+    model = scramble(timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs), seed=seed)
+    save_for_hf(model, folder, model_config={"label_names": names}, safe_serialization=True)
     return folder
 
 
@@ -41,6 +42,19 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def other_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same architecture with different weights."""
     return export_tiny_model(tmp_path_factory.mktemp("other_tiny_model"), seed=1)
+
+
+FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot"]  # fmt: skip
+SAMPLE_SCENES = Path(__file__).parents[1] / "sample_images" / "fashion_scenes"
+
+
+@pytest.fixture(scope="session")
+def fashion_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random weights with the sample dataset's 10 class names and its 112x112 input (7x7 grid)."""
+    return export_tiny_model(
+        tmp_path_factory.mktemp("fashion_tiny"), seed=2, names=FASHION_NAMES, img_size=112, patch_size=16
+    )
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

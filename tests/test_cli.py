@@ -368,3 +368,39 @@ def test_missing_listed_file_is_an_error_row(tiny_model, small_folder, tmp_path)
         ("a.png", "ok", None),
         ("gone.png", "error", "file not found"),
     ]
+
+
+def test_engine_option_is_recorded_and_both_engines_agree(tiny_model, small_folder, tmp_path):
+    maps = {}
+    for engine in ("fast", "dense"):
+        out = tmp_path / engine
+        code, _, stderr = explain(
+            tiny_model, str(small_folder), "-o", str(out), "--engine", engine, "--save-maps"
+        )
+        assert code == 0, stderr
+        assert json.loads((out / "summary.json").read_text())["settings"]["engine"] == engine
+        maps[engine] = np.load(out / "maps/sub/c.npy")
+    np.testing.assert_allclose(maps["fast"], maps["dense"], rtol=1e-5, atol=1e-7)
+    code, _, _ = explain(tiny_model, str(small_folder), "-o", str(tmp_path / "auto"))
+    assert json.loads((tmp_path / "auto" / "summary.json").read_text())["settings"]["engine"] == "fast"
+
+
+def test_adcc_per_row_in_summary_and_report(tiny_model, small_folder, tmp_path):
+    out = tmp_path / "out"
+    assert explain(tiny_model, str(small_folder), "-o", str(out), "--top-k", "2")[0] == 0
+    rows = rows_of(out)
+    for row in rows:
+        assert 0 <= row["adcc"] <= 1 and 0 <= row["average_drop"] <= 1 and row["increase"] in (0, 1)
+        assert 0 <= row["coherency"] <= 1 and 0 <= row["complexity"] <= 1
+    summary = json.loads((out / "summary.json").read_text())
+    mean = sum(row["adcc"] for row in rows) / len(rows)
+    assert summary["adcc"]["adcc_mean"] == pytest.approx(mean, abs=1e-6)
+    assert {"adcc", "average_drop", "increase", "coherency", "complexity"} <= set(summary["adcc"])
+    assert "adcc" in (out / "results.csv").read_text().splitlines()[0]
+    report = (out / "report.html").read_text()
+    assert "vitcam explain" in report and "data:image" in report
+
+    quick = tmp_path / "quick"
+    assert explain(tiny_model, str(small_folder), "-o", str(quick), "--no-adcc")[0] == 0
+    assert all(row["adcc"] is None for row in rows_of(quick))
+    assert json.loads((quick / "summary.json").read_text())["adcc"] is None

@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import timm
 import torch
 
-from tests.models import FAMILIES, input_size, tiny_vit
+from tests.models import FAMILIES, TINY, input_size, scramble, tiny_vit
 from vitcam_cli.engine.geometry import token_layout
+from vitcam_cli.errors import VitcamError
 from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM, ReciproCAMSettings
 
 GAUSSIAN = [[1 / 16, 1 / 8, 1 / 16], [1 / 8, 1 / 4, 1 / 8], [1 / 16, 1 / 8, 1 / 16]]
@@ -64,16 +66,20 @@ SETTINGS = [
 ]
 
 
+def settings_id(settings: ReciproCAMSettings) -> str:
+    return f"{settings.kernel}-{settings.target_block}-{settings.skip}-{settings.score}"
+
+
+@pytest.mark.parametrize("engine", ["dense", "fast"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-@pytest.mark.parametrize(
-    "settings", SETTINGS, ids=lambda s: f"{s.kernel}-{s.target_block}-{s.skip}-{s.score}"
-)
+@pytest.mark.parametrize("settings", SETTINGS, ids=settings_id)
 @torch.inference_mode()
-def test_engine_equals_naive_reference(family, settings):
+def test_engine_equals_naive_reference(engine, family, settings):
     model = tiny_vit(family)
     layout = token_layout(model)
     images = torch.randn(2, *input_size(model), generator=torch.Generator().manual_seed(1))
-    explainer = ReciproCAM(model, layout, settings, input_size(model), mask_batch=5)
+    explainer = ReciproCAM(model, layout, settings, input_size(model), mask_batch=5, engine=engine)
+    assert explainer.engine.name == engine
     result = explainer(images, lambda logits: logits.topk(2, dim=-1).indices)
     assert result.maps.shape == (2, 2, *layout.grid)
     for b in range(2):
@@ -107,3 +113,90 @@ def test_chunking_does_not_change_maps():
     single = ReciproCAM(model, layout, settings, input_size(model), mask_batch=1)
     top = lambda logits: logits.argmax(-1, keepdim=True)  # noqa: E731
     torch.testing.assert_close(whole(images, top).maps, single(images, top).maps, rtol=1e-5, atol=1e-6)
+
+
+FAST_FAMILIES = [*sorted(FAMILIES), "avg_prefix", "max_pool", "qk_norm"]
+EXTRA_FAMILIES = {
+    "avg_prefix": {"global_pool": "avg", "reg_tokens": 2, "pool_include_prefix": True},
+    "max_pool": {"global_pool": "max", "fc_norm": False},
+    "qk_norm": {"qk_norm": True, "init_values": 0.3, "depth": 4},
+}
+
+
+def fast_family(name: str) -> torch.nn.Module:
+    """The test families plus heads and attention options the fast path treats specially."""
+    if name in FAMILIES:
+        return tiny_vit(name, seed=5)
+    kwargs = {**TINY, "img_size": 32, "patch_size": 8, **EXTRA_FAMILIES[name]}
+    return scramble(timm.create_model("vit_tiny_patch16_224", **kwargs), seed=5)
+
+
+def top2(logits: torch.Tensor) -> torch.Tensor:
+    return logits.topk(2, dim=-1).indices
+
+
+def top1(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("family", FAST_FAMILIES)
+@pytest.mark.parametrize("settings", SETTINGS, ids=settings_id)
+@torch.inference_mode()
+def test_fast_equals_dense(family, settings):
+    model = fast_family(family)
+    layout = token_layout(model)
+    images = torch.randn(3, *input_size(model), generator=torch.Generator().manual_seed(4))
+    dense = ReciproCAM(model, layout, settings, input_size(model), mask_batch=7, engine="dense")
+    fast = ReciproCAM(model, layout, settings, input_size(model), mask_batch=7, engine="fast")
+    expected = dense(images, top2).maps
+    torch.testing.assert_close(fast(images, top2).maps, expected, rtol=1e-5, atol=1e-6)
+    assert expected.std() > 1e-3
+
+
+# bf16 keeps 8 mantissa bits, and the two engines round in different places: their maps agree to
+# within BF16_TOLERANCE of the map's largest magnitude (fp32 agreement is 1e-5 relative, above).
+BF16_TOLERANCE = 0.02
+
+
+@pytest.mark.parametrize("family", ["cls", "avg", "registers"])
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@torch.inference_mode()
+def test_fast_equals_dense_in_bf16(family, preset):
+    model = fast_family(family)
+    layout = token_layout(model)
+    images = torch.randn(2, *input_size(model), generator=torch.Generator().manual_seed(6))
+    settings = PRESETS[preset]
+    reference = ReciproCAM(model, layout, settings, input_size(model), engine="dense")(images, top1).maps
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = ReciproCAM(model, layout, settings, input_size(model), engine="fast")(images, top1).maps
+        dense = ReciproCAM(model, layout, settings, input_size(model), engine="dense")(images, top1).maps
+    peak = reference.abs().amax(dim=(-2, -1), keepdim=True)
+    assert ((fast - dense).abs() / peak).max() < BF16_TOLERANCE
+    # and the fast path is no less accurate than the dense one against fp32
+    fast_error, dense_error = (
+        ((fast - reference).abs() / peak).max(),
+        ((dense - reference).abs() / peak).max(),
+    )
+    assert fast_error <= 2 * dense_error + 1e-3
+
+
+POSITIONAL = {
+    "eva02_tiny_patch14_224": {"img_size": 28, "depth": 2, "num_classes": 5},
+    "beit_base_patch16_224": {
+        "img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2, "num_classes": 5,
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(POSITIONAL))
+@torch.inference_mode()
+def test_models_with_positional_blocks_fall_back_to_dense(name):
+    model = scramble(timm.create_model(name, **POSITIONAL[name]), std=0.1)
+    layout = token_layout(model)
+    size = (3, *model.patch_embed.img_size)
+    explainer = ReciproCAM(model, layout, PRESETS["otx"], size)
+    assert explainer.engine.name == "dense"
+    with pytest.raises(VitcamError, match="--engine fast is not exact"):
+        ReciproCAM(model, layout, PRESETS["otx"], size, engine="fast")
+    maps = explainer(torch.randn(1, *size), top1).maps
+    assert maps.shape == (1, 1, *layout.grid) and torch.isfinite(maps).all() and maps.std() > 0

@@ -57,3 +57,13 @@ def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
         write_atomic(target, fail)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    target = tmp_path / "report.html"
+    write_atomic(target, lambda handle: handle.write(b"x"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

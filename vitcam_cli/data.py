@@ -206,36 +206,114 @@ def make_loader(dataset: ImageFiles, batch_size: int, workers: int, pin_memory: 
     )
 
 
+def _read_csv(path: Path, columns: tuple[str, ...], option: str) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) of a CSV whose header has ``columns``; a clear error when it does not."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = {name.strip() for name in reader.fieldnames or []}
+            if not set(columns) <= header:
+                raise VitcamError(f"{option} {path}: the first line must be the header '{','.join(columns)}'")
+            return [
+                (line, {key.strip(): (value or "").strip() for key, value in row.items() if key})
+                for line, row in enumerate(reader, start=2)
+            ]
+    except OSError as error:
+        raise VitcamError(f"{option} {path}: cannot read it ({error.strerror})") from error
+
+
+class ItemMatcher:
+    """Finds the input image a CSV ``file`` cell names: the path as given, the path relative to the
+    inputs' common folder or to the CSV's folder, or a bare file name when only one input has it."""
+
+    def __init__(self, items: Sequence[ImageItem], csv_path: Path) -> None:
+        self.by_key: dict[str, Path] = {}
+        names: dict[str, list[Path]] = {}
+        for item in items:
+            self.by_key[item.path.as_posix()] = item.path
+            self.by_key[str(item.rel)] = item.path
+            self.by_key[str(item.path.resolve())] = item.path
+            names.setdefault(item.path.name, []).append(item.path)
+        for name, paths in names.items():
+            if len(paths) == 1:
+                self.by_key.setdefault(name, paths[0])
+        self.folder = csv_path.resolve().parent
+
+    def __call__(self, cell: str) -> Path | None:
+        cell = cell.replace("\\", "/")
+        return self.by_key.get(cell) or self.by_key.get(str((self.folder / cell).resolve()))
+
+
 def read_labels(
     path: Path, items: Sequence[ImageItem], resolve: Callable[[str], int]
 ) -> dict[Path, int | str]:
-    """Map each item to its class from a ``file,label`` CSV; unmatched items map to an error text.
+    """Each item's class from a ``file,label`` CSV; an item without a row maps to an error text.
 
-    ``file`` may be the path as given, the path relative to the inputs' root, or a bare file name
-    when it is unique; ``label`` is a class index or name (``resolve`` decides).
+    ``label`` is a class index or name (``resolve`` decides); see ``ItemMatcher`` for ``file``.
     """
-    try:
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames or not {"file", "label"} <= {f.strip() for f in reader.fieldnames}:
-                raise VitcamError(f"--labels {path}: the first line must be the header 'file,label'")
-            rows = [(row["file"].strip(), row["label"].strip()) for row in reader if row.get("file")]
-    except OSError as error:
-        raise VitcamError(f"--labels {path}: cannot read it ({error.strerror})") from error
-    labels: dict[str, int] = {}
-    for line, (file, label) in enumerate(rows, start=2):
+    match = ItemMatcher(items, path)
+    found: dict[Path, int] = {}
+    for line, row in _read_csv(path, ("file", "label"), "--labels"):
+        item = match(row["file"])
+        if item is None:
+            continue
         try:
-            labels[file.replace("\\", "/")] = resolve(label)
+            found[item] = resolve(row["label"])
         except VitcamError as error:
             raise VitcamError(f"--labels {path} line {line}: {error}") from error
-    names: dict[str, int] = {}
-    for item in items:
-        names[item.path.name] = names.get(item.path.name, 0) + 1
-    result: dict[Path, int | str] = {}
-    for item in items:
-        candidates = [item.path.as_posix(), str(item.rel)]
-        if names[item.path.name] == 1:
-            candidates.append(item.path.name)
-        match = next((labels[c] for c in candidates if c in labels), None)
-        result[item.path] = match if match is not None else f"no label for this file in {path}"
-    return result
+    return {item.path: found.get(item.path, f"no label for this file in {path}") for item in items}
+
+
+Box = tuple[float, float, float, float]
+
+
+def read_boxes(path: Path, items: Sequence[ImageItem]) -> dict[Path, list[Box]]:
+    """Ground-truth boxes from a ``file,x1,y1,x2,y2`` CSV (original-image pixels, x2/y2 exclusive);
+    several rows per file allowed. Images without rows get no boxes."""
+    match = ItemMatcher(items, path)
+    boxes: dict[Path, list[Box]] = {item.path: [] for item in items}
+    for line, row in _read_csv(path, ("file", "x1", "y1", "x2", "y2"), "--boxes"):
+        item = match(row["file"])
+        if item is None:
+            continue
+        try:
+            x1, y1, x2, y2 = (float(row[key]) for key in ("x1", "y1", "x2", "y2"))
+        except ValueError as error:
+            raise VitcamError(f"--boxes {path} line {line}: coordinates must be numbers") from error
+        if x2 <= x1 or y2 <= y1:
+            raise VitcamError(f"--boxes {path} line {line}: needs x1 < x2 and y1 < y2")
+        boxes[item].append((x1, y1, x2, y2))
+    return boxes
+
+
+def read_class_map(path: Path) -> dict[str, str]:
+    """``folder,class`` rows: which model class each ImageFolder sub-folder holds."""
+    return {row["folder"]: row["class"] for _, row in _read_csv(path, ("folder", "class"), "--class-map")}
+
+
+def folder_labels(
+    items: Sequence[ImageItem], resolve: Callable[[str], int], class_map: dict[str, str] | None = None
+) -> dict[Path, int] | None:
+    """Labels of an ImageFolder tree (``class_name/image.jpg``), or None when the tree is not one.
+
+    Sub-folder names are matched to the model's class names (or through ``class_map``). A tree whose
+    folders match no class is treated as unlabelled; one where only some match is an error.
+    """
+    if not items or any(len(item.rel.parts) < 2 for item in items):
+        return None
+    folders = sorted({item.rel.parts[0] for item in items})
+    resolved: dict[str, int] = {}
+    for folder in folders:
+        try:
+            resolved[folder] = resolve((class_map or {}).get(folder, folder))
+        except VitcamError:
+            continue
+    if not resolved:
+        return None
+    missing = [folder for folder in folders if folder not in resolved]
+    if missing:
+        raise VitcamError(
+            f"ImageFolder sub-folders {', '.join(missing[:5])} match none of the model's class names: "
+            "map them with --class-map FILE.csv (folder,class) or pass --labels"
+        )
+    return {item.path: resolved[item.rel.parts[0]] for item in items}

@@ -180,6 +180,27 @@ def load_model(
     return LoadedModel(model, spec, layout, data_config, transform, class_names_for(model), info)
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the command line says about the model: every command loads it the same way."""
+
+    name: str
+    checkpoint: Path | None = None
+    pretrained: bool = True
+    num_classes: int | None = None
+    img_size: tuple[int, int] | None = None
+
+    def load(self, device: torch.device | str = "cpu") -> LoadedModel:
+        return load_model(
+            self.name,
+            checkpoint=self.checkpoint,
+            pretrained=self.pretrained,
+            num_classes=self.num_classes,
+            img_size=self.img_size,
+            device=device,
+        )
+
+
 def resolve_class(value: str, class_names: list[str]) -> int:
     """A ``--class`` value: an index, or a class name (case-insensitive; any comma-separated synonym)."""
     if value.strip().lstrip("-").isdigit():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,11 +34,15 @@ from vitcam_cli.data import (
     read_path_list,
 )
 from vitcam_cli.errors import VitcamError
+from vitcam_cli.measure import MetricSettings, measure
 from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM
-from vitcam_cli.models import LoadedModel, load_model, resolve_class
+from vitcam_cli.metrics.adcc import ADCC_DEFINITION, PARTS
+from vitcam_cli.metrics.aggregate import METRICS
+from vitcam_cli.models import LoadedModel, ModelSpec, resolve_class
 from vitcam_cli.outputs.atomic import write_atomic, write_json_atomic
 from vitcam_cli.outputs.manifest import Counts, Manifest
-from vitcam_cli.outputs.overlay import Box, colormap_table, model_view, render_overlay
+from vitcam_cli.outputs.overlay import View, colormap_table, model_view, render_overlay
+from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail, write_report
 from vitcam_cli.runtime import autocast, check_precision, resolve_device
 from vitcam_cli.targets import TargetRequest, ranks
 
@@ -49,12 +54,8 @@ RESUME_KEYS = ("model", "method", "targets", "colormap", "alpha")
 @dataclass
 class ExplainOptions:
     inputs: list[str]
-    model: str
+    model: ModelSpec
     files_from: str | None = None
-    checkpoint: Path | None = None
-    pretrained: bool = True
-    num_classes: int | None = None
-    img_size: tuple[int, int] | None = None
     variant: str = "official"
     kernel: str | None = None
     target_block: int | None = None
@@ -72,6 +73,8 @@ class ExplainOptions:
     device: str = "auto"
     precision: str = "fp32"
     mask_batch: int | None = None
+    engine: str = "auto"
+    adcc: bool = True
     skip_existing: bool = False
     quiet: bool = False
     jsonl: bool = False
@@ -143,14 +146,19 @@ def _prepare_out(out: Path, settings: dict[str, Any], resume: bool) -> None:
 class OutputWriter:
     """Renders overlays and saves maps on worker threads; rows leave in input order, after their files."""
 
-    def __init__(self, out: Path, manifest: Manifest, emit: Any, colormap: str, alpha: float) -> None:
+    def __init__(
+        self, out: Path, manifest: Manifest, emit: Any, colormap: str, alpha: float, method: str
+    ) -> None:
         self.out = out
         self.manifest = manifest
         self.emit = emit
         self.colormap = colormap
         self.alpha = alpha
+        self.method = method
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vitcam-writer")
         self.pending: deque[Future[list[dict[str, Any]]]] = deque()
+        self.gallery = Gallery(limit=100)  # the report's worst and best rows by ADCC
+        self.gallery_lock = threading.Lock()
 
     def submit_rows(self, rows: list[dict[str, Any]]) -> None:
         future: Future[list[dict[str, Any]]] = Future()
@@ -189,7 +197,22 @@ class OutputWriter:
             if row["map"]:
                 raw = saliency.numpy().astype(np.float32)
                 write_atomic(self.out / row["map"], lambda handle, raw=raw: np.save(handle, raw))
+            self._offer(row, image)
         return job["rows"]
+
+    def _offer(self, row: dict[str, Any], image: np.ndarray) -> None:
+        """Offer the row to the report's gallery, sorted by ADCC (by probability with --no-adcc)."""
+
+        def card() -> Card:
+            metrics = {name: row[name] for name in PARTS if row.get(name) is not None}
+            panel = Panel(
+                self.method, thumbnail(image), row["overlay"], row["class_name"], row["probability"], metrics
+            )
+            return Card(row["path"], None, [panel])
+
+        value = row["adcc"] if row.get("adcc") is not None else row["probability"]
+        with self.gallery_lock:
+            self.gallery.offer(float(value), card)
 
 
 def _error_row(item: ImageItem, message: str) -> dict[str, Any]:
@@ -205,6 +228,7 @@ def _error_row(item: ImageItem, message: str) -> dict[str, Any]:
         "map": None,
         "width": None,
         "height": None,
+        **dict.fromkeys(PARTS),
     }
 
 
@@ -232,6 +256,15 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     table.add_row("images ok", str(images["ok"]))
     table.add_row("images failed", str(images["error"]))
     table.add_row("resumed (skipped)", str(images["skipped"]))
+    if summary["adcc"]:
+        adcc = summary["adcc"]
+        table.add_row("ADCC (of means / mean)", f"{adcc['adcc']:.4f} / {adcc['adcc_mean']:.4f}")
+        table.add_row(
+            "drop / increase / coherency / complexity",
+            " / ".join(
+                f"{adcc[name]:.4f}" for name in ("average_drop", "increase", "coherency", "complexity")
+            ),
+        )
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s")
     table.add_row("images / s", f"{summary['images_per_second']:.2f}")
     method = summary["settings"]["method"]
@@ -240,9 +273,35 @@ def _summary_table(summary: dict[str, Any]) -> Table:
         f"{method['variant']} (block {method['target_block']}, skip {method['skip']}, "
         f"{method['score']}, {method['kernel']})",
     )
+    table.add_row("engine", summary["settings"]["engine"])
     table.add_row("device", f"{summary['device']} {summary['precision']}")
     table.add_row("output", summary["out"])
     return table
+
+
+def _write_report(path: Path, summary: dict[str, Any], gallery: Gallery) -> None:
+    images, method, adcc = summary["images"], summary["settings"]["method"], summary["adcc"] or {}
+    facts = [
+        ("model", summary["settings"]["model"]["model"]),
+        (
+            "method",
+            f"ViT-ReciproCAM {method['variant']}: block {method['target_block']}, skip {method['skip']}, "
+            f"{method['score']}, {method['kernel']} kernel, {summary['settings']['engine']} engine",
+        ),
+        ("images", f"{images['ok']} explained, {images['error']} failed, {images['skipped']} resumed"),
+        ("device", f"{summary['device']} {summary['precision']}"),
+        ("time", f"{summary['wall_seconds']:.1f} s, {summary['images_per_second']:.2f} images/s"),
+    ]
+    columns = ["method", "images", *(name for name in METRICS if name in adcc)]
+    row = [method["variant"], str(images["ok"]), *(f"{adcc[name]:.4f}" for name in columns[2:])]
+    notes = (
+        [ADCC_DEFINITION]
+        if adcc
+        else ["ADCC was not computed (--no-adcc): the gallery is sorted by probability."]
+    )
+    if images["skipped"]:
+        notes.append("The gallery shows images explained in this run; resumed images are in results.jsonl.")
+    write_report(path, "vitcam explain", facts, columns, [row], gallery.cards(), gallery.offered, notes)
 
 
 def run_explain(options: ExplainOptions, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
@@ -260,14 +319,7 @@ def run_explain(options: ExplainOptions, stdin: TextIO | None = None, stdout: Te
         where = ", ".join(options.inputs) or options.files_from
         raise VitcamError(f"no images found in {where} (looked for {', '.join(IMAGE_EXTENSIONS)})")
 
-    loaded: LoadedModel = load_model(
-        options.model,
-        checkpoint=options.checkpoint,
-        pretrained=options.pretrained,
-        num_classes=options.num_classes,
-        img_size=options.img_size,
-        device=device,
-    )
+    loaded: LoadedModel = options.model.load(device)
     request = _target_request(options, loaded.class_names)
     labels = (
         read_labels(options.labels, items, lambda v: resolve_class(v, loaded.class_names))
@@ -277,11 +329,14 @@ def run_explain(options: ExplainOptions, stdin: TextIO | None = None, stdout: Te
     method = PRESETS[options.variant].with_overrides(
         kernel=options.kernel, target_block=options.target_block, skip=options.skip, score=options.score
     )
-    explainer = ReciproCAM(loaded.model, loaded.layout, method, loaded.input_size, options.mask_batch)
+    explainer = ReciproCAM(
+        loaded.model, loaded.layout, method, loaded.input_size, options.mask_batch, options.engine
+    )
 
     settings = {
         "model": loaded.info,
-        "method": {"name": "reciprocam", "variant": options.variant, **method.as_dict(), "engine": "dense"},
+        "method": {"name": "reciprocam", "variant": options.variant, **method.as_dict()},
+        "engine": explainer.engine.name,
         "targets": request.describe() | ({"labels": str(options.labels)} if options.labels else {}),
         "colormap": options.colormap,
         "alpha": options.alpha,
@@ -316,7 +371,7 @@ def run_explain(options: ExplainOptions, stdin: TextIO | None = None, stdout: Te
         rate = finished / max(time.perf_counter() - loop_started, 1e-9)
         progress.update(task, advance=1, rate=f"{rate:.1f} img/s")
 
-    writer = OutputWriter(options.out, manifest, emit, options.colormap, options.alpha)
+    writer = OutputWriter(options.out, manifest, emit, options.colormap, options.alpha, options.variant)
     status = "complete"
     try:
         with progress:
@@ -347,8 +402,10 @@ def run_explain(options: ExplainOptions, stdin: TextIO | None = None, stdout: Te
         rows=counts.rows,
         wall_seconds=round(elapsed, 3),
         images_per_second=round(len(todo) / elapsed, 3) if elapsed > 0 else 0.0,
+        adcc=counts.metrics or None,
     )
     write_json_atomic(options.out / "summary.json", summary)
+    _write_report(options.out / "report.html", summary, writer.gallery)
     console.print(_summary_table(summary))
     if status == "interrupted":
         console.print("[yellow]interrupted[/]: rerun the same command with --skip-existing to resume")
@@ -382,6 +439,11 @@ def _explain_items(
         images = batch.images.to(device, non_blocking=True)
         with torch.inference_mode(), autocast(options.precision, device):
             result = explainer(images, request.chooser(batch_labels))
+            values = {}
+            if options.adcc:
+                values = measure(explainer, loaded.model, images, result, MetricSettings())
+        # per (image, class): the re-explanation reuses the prediction and the map just computed
+        scores = {name: value.view(len(batch_items), -1).cpu() for name, value in values.items()}
         probabilities = torch.softmax(result.logits, dim=-1).gather(1, result.classes).cpu()
         class_ranks = ranks(result.logits, result.classes).cpu()
         classes = result.classes.cpu()
@@ -396,7 +458,7 @@ def _explain_items(
                 )
                 continue
             height, width = original.shape[:2]
-            box: Box | None = model_view(loaded.transform, width, height)
+            box: View | None = model_view(loaded.transform, width, height)
             rows = []
             for t in range(classes.shape[1]):
                 class_index = int(classes[row_index, t])
@@ -415,6 +477,10 @@ def _explain_items(
                         else None,
                         "width": width,
                         "height": height,
+                        **{
+                            name: round(float(scores[name][row_index, t]), 6) if scores else None
+                            for name in PARTS
+                        },
                     }
                 )
             writer.submit({"rows": rows, "maps": list(maps[row_index]), "original": original, "box": box})

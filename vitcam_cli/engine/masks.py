@@ -5,6 +5,7 @@ Built once per (grid, kernel) and cached; the engine indexes rows, it never loop
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -32,3 +33,38 @@ def _window_weights_cpu(grid: tuple[int, int], kernel: str) -> Tensor:
 def window_weights(grid: tuple[int, int], kernel: str, device: torch.device | str = "cpu") -> Tensor:
     """``(K, K)`` float32 table, K = rows*cols: row k holds the weight of every patch token for mask k."""
     return _window_weights_cpu(tuple(grid), kernel).to(device)
+
+
+@dataclass(frozen=True)
+class WindowSlots:
+    """Each mask as a short list of slots: the patch tokens its window keeps, padded to a fixed width.
+
+    ``index`` (K, S) patch indices, ``weight`` (K, S) their kernel weights (0 on padding slots),
+    ``valid`` (K, S) which slots are real, ``zeros`` (K,) how many patch tokens the mask sets to 0.
+    """
+
+    index: Tensor
+    weight: Tensor
+    valid: Tensor
+    zeros: Tensor
+
+    def to(self, device: torch.device | str) -> WindowSlots:
+        return WindowSlots(*(t.to(device) for t in (self.index, self.weight, self.valid, self.zeros)))
+
+
+@lru_cache(maxsize=32)
+def _window_slots_cpu(grid: tuple[int, int], kernel: str) -> WindowSlots:
+    weights = _window_weights_cpu(grid, kernel)
+    width = int((weights > 0).sum(1).max())
+    weight, index = weights.topk(width, dim=1, sorted=False)
+    order = index.argsort(dim=1)  # slots in token order, so results do not depend on topk's order
+    index, weight = index.gather(1, order), weight.gather(1, order)
+    valid = weight > 0
+    index = torch.where(valid, index, torch.zeros_like(index))
+    zeros = weights.shape[1] - valid.sum(1)
+    return WindowSlots(index=index, weight=weight, valid=valid, zeros=zeros)
+
+
+def window_slots(grid: tuple[int, int], kernel: str, device: torch.device | str = "cpu") -> WindowSlots:
+    """The compressed form of ``window_weights``: at most 9 slots per mask (1 for ``single``)."""
+    return _window_slots_cpu(tuple(grid), kernel).to(device)

@@ -7,17 +7,18 @@ masked block input; ``input``: the unmasked block input) and the score (softmax 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
-from vitcam_cli.engine.dense import SKIPS, DenseEngine
+from vitcam_cli.engine.base import SKIPS
+from vitcam_cli.engine.factory import create_engine
 from vitcam_cli.engine.geometry import TokenLayout, check_decomposition, trace
-from vitcam_cli.engine.masks import KERNELS, window_weights
+from vitcam_cli.engine.masks import KERNELS
 from vitcam_cli.engine.scoring import SCORES
 from vitcam_cli.errors import VitcamError
+from vitcam_cli.methods.base import ClassChooser, Explanation
 
 
 @dataclass(frozen=True)
@@ -52,15 +53,10 @@ PRESETS: dict[str, ReciproCAMSettings] = {
 DEFAULT_PRESET = "official"
 
 
-@dataclass
-class Explanation:
-    logits: Tensor  # (B, C) float32 predictions of the unmasked images
-    classes: Tensor  # (B, T) explained class indices
-    maps: Tensor  # (B, T, rows, cols) float32 raw saliency
-
-
 class ReciproCAM:
     """Explains a batch: one forward pass to predict, then the masked copies through the engine."""
+
+    name = "reciprocam"
 
     def __init__(
         self,
@@ -69,25 +65,26 @@ class ReciproCAM:
         settings: ReciproCAMSettings,
         input_size: tuple[int, ...],
         mask_batch: int | None = None,
+        engine: str = "auto",
     ) -> None:
         self.model = model
         self.layout = layout
         self.settings = settings
         self.block_index = layout.block_index(settings.target_block)
         check_decomposition(model, layout, self.block_index, input_size)
-        device = next(model.parameters()).device
-        self.engine = DenseEngine(
+        self.engine = create_engine(
+            engine,
             model,
             layout,
             self.block_index,
-            window_weights(layout.grid, settings.kernel, device),
+            settings.kernel,
             settings.skip,
             settings.score,
             mask_batch,
         )
 
     @torch.inference_mode()
-    def __call__(self, images: Tensor, choose_classes: Callable[[Tensor], Tensor]) -> Explanation:
+    def __call__(self, images: Tensor, choose_classes: ClassChooser) -> Explanation:
         """``choose_classes`` maps the (B, C) float32 logits to the (B, T) classes to explain."""
         traced = trace(self.model, images, self.block_index, self.layout)
         logits = traced.logits.float()

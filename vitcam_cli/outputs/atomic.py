@@ -6,18 +6,29 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then rename it over ``path``."""
+def _file_mode() -> int:
+    """What a plain open() would create under this process's umask (mkstemp makes 0600 files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()  # read once at import, before any writer thread starts
+
+
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[int]:
+    """A descriptor of a new temporary file beside ``path`` that replaces ``path`` when the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
+        yield fd
+        os.chmod(temporary, FILE_MODE)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -25,6 +36,19 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then rename it over ``path``."""
+    with _replacing(path) as fd, os.fdopen(fd, "wb") as handle:
+        write(handle)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
     write_atomic(path, lambda handle: handle.write(text.encode()))
+
+
+@contextlib.contextmanager
+def atomic_text_stream(path: Path) -> Iterator[IO[str]]:
+    """A text file written line by line that appears at ``path`` only when complete."""
+    with _replacing(path) as fd, os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        yield handle

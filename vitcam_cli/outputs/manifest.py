@@ -6,10 +6,12 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitcam_cli.metrics.adcc import PARTS
+from vitcam_cli.metrics.aggregate import Totals
 from vitcam_cli.outputs.atomic import write_atomic
 
 ROW_FIELDS = (
@@ -24,6 +26,7 @@ ROW_FIELDS = (
     "map",
     "width",
     "height",
+    *PARTS,
 )
 
 
@@ -48,6 +51,7 @@ class Counts:
     images_ok: int = 0
     images_error: int = 0
     rows: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)  # dataset means of the rows' ADCC parts
 
 
 class Manifest:
@@ -100,6 +104,7 @@ class Manifest:
         self.close()
         counts = Counts()
         image_ok: dict[str, bool] = {}
+        totals = Totals()
 
         def write_csv(handle: Any) -> None:
             text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
@@ -108,6 +113,8 @@ class Manifest:
             for row in read_rows(self.jsonl):
                 counts.rows += 1
                 image_ok[row["path"]] = image_ok.get(row["path"], True) and row.get("status") == "ok"
+                if row.get("status") == "ok":
+                    totals.add({name: row.get(name) for name in PARTS})
                 writer.writerow({key: "" if row.get(key) is None else row[key] for key in ROW_FIELDS})
             text.flush()
             text.detach()
@@ -115,4 +122,5 @@ class Manifest:
         write_atomic(self.csv, write_csv)
         counts.images_ok = sum(image_ok.values())
         counts.images_error = len(image_ok) - counts.images_ok
+        counts.metrics = totals.means()
         return counts

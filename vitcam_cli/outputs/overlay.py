@@ -20,7 +20,7 @@ _GEOMETRY_FREE = {
     "ConvertImageDtype", "ToDtype",
 }  # fmt: skip
 
-Box = tuple[float, float, float, float]
+View = tuple[float, float, float, float]  # x0, y0, x1, y1 of the original that the model sees
 
 
 @lru_cache(maxsize=8)
@@ -38,7 +38,7 @@ def _pair(size: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
     return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
 
 
-def model_view(transform: object, width: int, height: int) -> Box | None:
+def model_view(transform: object, width: int, height: int) -> View | None:
     """The rectangle (x0, y0, x1, y1) of the original image that the preprocessed tensor shows.
 
     Follows timm's eval transforms (Resize / ResizeKeepRatio, then CenterCrop / CenterCropOrPad);
@@ -85,14 +85,14 @@ def min_max(saliency: torch.Tensor) -> torch.Tensor:
 
 
 def render_overlay(
-    original: np.ndarray, saliency: torch.Tensor, box: Box | None, colormap: str, alpha: float
+    original: np.ndarray, saliency: torch.Tensor, view: View | None, colormap: str, alpha: float
 ) -> np.ndarray:
-    """Blend the min-max scaled map, bilinearly upsampled onto ``box``, over ``original`` (H, W, 3).
+    """Blend the min-max scaled map, bilinearly upsampled onto ``view``, over ``original`` (H, W, 3).
 
     Pixels outside the model's view (cropped away by preprocessing) are dimmed, not coloured.
     """
     height, width = original.shape[:2]
-    x0, y0, x1, y1 = box or (0.0, 0.0, float(width), float(height))
+    x0, y0, x1, y1 = view or (0.0, 0.0, float(width), float(height))
     view_w, view_h = max(1, round(x1 - x0)), max(1, round(y1 - y0))
     scaled = min_max(saliency.detach().float().cpu())
     heat = F.interpolate(scaled[None, None], size=(view_h, view_w), mode="bilinear", align_corners=False)[

@@ -1,0 +1,254 @@
+"""``vitcam bench``: how long explaining takes next to the forward pass it explains, on random inputs."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.table import Table
+
+from vitcam_cli.errors import VitcamError
+from vitcam_cli.measure import MetricSettings, measure
+from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM
+from vitcam_cli.models import LoadedModel, ModelSpec
+from vitcam_cli.pipeline import library_versions
+from vitcam_cli.runtime import autocast, check_precision, resolve_device
+
+
+@dataclass
+class BenchOptions:
+    model: ModelSpec
+    variants: list[str] = field(default_factory=lambda: list(PRESETS))
+    kernel: str | None = None
+    target_block: int | None = None
+    skip: str | None = None
+    score: str | None = None
+    engine: str = "auto"
+    mask_batch: int | None = None
+    batch_size: int = 32
+    device: str = "auto"
+    precision: str = "fp32"
+    warmup: int = 1
+    repeat: int = 3
+    seed: int = 0
+    adcc: bool = False
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+class PeakMemory:
+    """Peak memory of one measured call: CUDA's allocator peak, or the process's peak RSS on the CPU.
+
+    On Linux the RSS high-water mark is reset before each measurement (``/proc/self/clear_refs``);
+    where that is impossible the figure is the process's lifetime peak, and ``reset_ok`` says so.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset_ok = True
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            self.reset_ok = False
+
+    def read_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        import resource
+
+        self.reset_ok = False
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def time_call(fn: Callable[[], object], device: torch.device, warmup: int, repeat: int) -> float:
+    """Median seconds of ``fn`` over ``repeat`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median(_timed(fn, device) for _ in range(repeat))
+
+
+def time_pair(
+    forward: Callable[[], object],
+    explain: Callable[[], object],
+    device: torch.device,
+    warmup: int,
+    repeat: int,
+) -> tuple[float, float]:
+    """Median seconds of ``forward`` and ``explain``, timed alternately so that a machine's drift
+    (clock changes, a busy neighbour) hits both alike and their ratio stays fair."""
+    for _ in range(warmup):
+        forward()
+        explain()
+    pairs = [(_timed(forward, device), _timed(explain, device)) for _ in range(repeat)]
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+
+
+def _adcc_cost(
+    explainer: ReciproCAM,
+    loaded: LoadedModel,
+    images: torch.Tensor,
+    device: torch.device,
+    options: BenchOptions,
+) -> dict[str, float]:
+    """Explanation alone against explanation plus its ADCC (what ``vitcam explain`` does by default)."""
+
+    def top1(logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(-1, keepdim=True)
+
+    def with_adcc() -> None:
+        measure(explainer, loaded.model, images, explainer(images, top1), MetricSettings())
+
+    alone, both = time_pair(
+        lambda: explainer(images, top1), with_adcc, device, options.warmup, options.repeat
+    )
+    return {
+        "adcc_seconds_per_batch": round(both, 4),
+        "explain_with_adcc_images_per_s": round(options.batch_size / both, 3),
+        "adcc_cost_ratio": round(both / alone, 3),
+    }
+
+
+def run_bench(options: BenchOptions) -> dict[str, Any]:
+    """Time a plain forward pass, then each requested variant, on the same random batch."""
+    if options.batch_size < 1 or options.repeat < 1 or options.warmup < 0:
+        raise VitcamError("--batch-size and --repeat must be at least 1, --warmup at least 0")
+    unknown = [v for v in options.variants if v not in PRESETS]
+    if unknown or not options.variants:
+        raise VitcamError(f"--variant: use one or more of {', '.join(PRESETS)}")
+    device = resolve_device(options.device)
+    check_precision(options.precision, device)
+    loaded: LoadedModel = options.model.load(device)
+    generator = torch.Generator().manual_seed(options.seed)
+    images = torch.randn((options.batch_size, *loaded.input_size), generator=generator).to(device)
+    memory = PeakMemory(device)
+
+    def top1(logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(-1, keepdim=True)
+
+    with torch.inference_mode(), autocast(options.precision, device):
+        memory.reset()
+        forward_seconds = time_call(lambda: loaded.model(images), device, options.warmup, options.repeat)
+        forward_memory = memory.read_mb()
+        runs = []
+        for variant in options.variants:
+            settings = PRESETS[variant].with_overrides(
+                kernel=options.kernel,
+                target_block=options.target_block,
+                skip=options.skip,
+                score=options.score,
+            )
+            explainer = ReciproCAM(
+                loaded.model, loaded.layout, settings, loaded.input_size, options.mask_batch, options.engine
+            )
+            memory.reset()
+            forward, seconds = time_pair(
+                lambda: loaded.model(images),
+                lambda e=explainer: e(images, top1),
+                device,
+                options.warmup,
+                options.repeat,
+            )
+            runs.append(
+                {
+                    "variant": variant,
+                    **settings.as_dict(),
+                    "engine": explainer.engine.name,
+                    "seconds_per_batch": round(seconds, 4),
+                    "forward_seconds_per_batch": round(forward, 4),
+                    "explain_images_per_s": round(options.batch_size / seconds, 3),
+                    "ratio": round(seconds / forward, 3),
+                    "peak_memory_mb": round(memory.read_mb(), 1),
+                }
+            )
+            if options.adcc:
+                runs[-1] |= _adcc_cost(explainer, loaded, images, device, options)
+    first = runs[0]
+    return {
+        "model": options.model.name,
+        "input_size": list(loaded.input_size),
+        "grid": list(loaded.layout.grid),
+        "batch_size": options.batch_size,
+        "device": str(device),
+        "device_name": device_name(device),
+        "precision": options.precision,
+        "repeat": options.repeat,
+        "warmup": options.warmup,
+        "forward_seconds_per_batch": round(forward_seconds, 4),
+        "forward_images_per_s": round(options.batch_size / forward_seconds, 3),
+        "forward_peak_memory_mb": round(forward_memory, 1),
+        "explain_images_per_s": first["explain_images_per_s"],
+        "ratio": first["ratio"],
+        "peak_memory_mb": first["peak_memory_mb"],
+        "memory_is_per_call": memory.reset_ok,
+        "runs": runs,
+        "versions": library_versions(),
+    }
+
+
+def bench_table(result: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"vitcam bench: {result['model']}, batch {result['batch_size']}, {result['device_name']}, "
+        f"{result['precision']}",
+        title_justify="left",
+    )
+    with_adcc = any("adcc_cost_ratio" in run for run in result["runs"])
+    columns = [
+        "run",
+        "engine",
+        "images/s",
+        "x forward time",
+        "peak MB",
+        *(["x with ADCC"] if with_adcc else []),
+    ]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("run", "engine") else "right")
+    table.add_row("forward", "", f"{result['forward_images_per_s']:.2f}", "1.00",
+                  f"{result['forward_peak_memory_mb']:.0f}")  # fmt: skip
+    for run in result["runs"]:
+        name = (
+            f"{run['variant']} (block {run['target_block']}, {run['skip']}, {run['score']}, {run['kernel']})"
+        )
+        cells = [name, run["engine"], f"{run['explain_images_per_s']:.2f}", f"{run['ratio']:.2f}",
+                 f"{run['peak_memory_mb']:.0f}"]  # fmt: skip
+        if with_adcc:
+            cells.append(f"{run['adcc_cost_ratio']:.2f}")
+        table.add_row(*cells)
+    return table

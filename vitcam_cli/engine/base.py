@@ -1,0 +1,83 @@
+"""What every engine shares: masked copies of a batch flattened into one stream and cut into chunks."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vitcam_cli.engine.geometry import TokenLayout, Trace
+from vitcam_cli.engine.scoring import auto_mask_batch, class_scores
+
+SKIPS = ("ln", "masked-input", "input")
+
+
+class MaskedEngine(ABC):
+    """Runs the h*w masked copies of each image through the rest of the network and reads class scores.
+
+    Copies of several images share chunks of ``mask_batch`` sequences (automatic when None), so peak
+    memory depends on the chunk, never on the batch or folder size. Subclasses say how one chunk of
+    (image, mask) pairs becomes logits, and how long their sequences are.
+    """
+
+    name = "engine"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layout: TokenLayout,
+        block_index: int,
+        kernel: str,
+        skip: str,
+        score: str,
+        mask_batch: int | None = None,
+    ) -> None:
+        if skip not in SKIPS:
+            raise ValueError(f"unknown skip {skip!r}; expected one of {SKIPS}")
+        self.model = model
+        self.layout = layout
+        self.block_index = block_index
+        self.kernel = kernel
+        self.skip = skip
+        self.score = score
+        self.mask_batch = mask_batch
+        self.device = next(model.parameters()).device
+
+    @property
+    @abstractmethod
+    def sequence_length(self) -> int:
+        """Tokens per masked copy: sizes the automatic chunks."""
+
+    @abstractmethod
+    def prepare(self, traced: Trace) -> Any:
+        """Per-batch work shared by all copies of its images (e.g. the target block's LayerNorm)."""
+
+    @abstractmethod
+    def chunk_logits(self, traced: Trace, state: Any, image: Tensor, position: Tensor) -> Tensor:
+        """Logits (n, C) of the copies of images ``image`` (n,) masked at grid ``position`` (n,)."""
+
+    def chunk_size(self, dtype: torch.dtype) -> int:
+        if self.mask_batch:
+            return self.mask_batch
+        itemsize = torch.finfo(dtype).bits // 8
+        return auto_mask_batch(
+            self.sequence_length, self.layout.dim, self.layout.heads, self.device, itemsize
+        )
+
+    def __call__(self, traced: Trace, classes: Tensor) -> Tensor:
+        """Saliency ``(B, T, rows, cols)`` for ``classes`` (B, T), in float32."""
+        x = traced.block_input
+        batch, num_masks = x.shape[0], self.layout.num_patches
+        state = self.prepare(traced)
+        total = batch * num_masks
+        scores = torch.empty(total, classes.shape[1], dtype=torch.float32, device=x.device)
+        step = self.chunk_size(x.dtype)
+        for begin in range(0, total, step):
+            flat = torch.arange(begin, min(total, begin + step), device=x.device)
+            image, position = flat // num_masks, flat % num_masks
+            logits = self.chunk_logits(traced, state, image, position)
+            scores[begin : begin + flat.numel()] = class_scores(logits, classes[image], self.score)
+        rows, cols = self.layout.grid
+        return scores.view(batch, num_masks, -1).permute(0, 2, 1).reshape(batch, -1, rows, cols)

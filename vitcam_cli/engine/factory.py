@@ -1,0 +1,33 @@
+"""Choosing an engine: the fast compressed path where it is exact, the dense path everywhere else."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from vitcam_cli.engine.base import MaskedEngine
+from vitcam_cli.engine.compressed import CompressedEngine, fast_unsupported_reason
+from vitcam_cli.engine.dense import DenseEngine
+from vitcam_cli.engine.geometry import TokenLayout
+from vitcam_cli.errors import VitcamError
+
+ENGINES = ("auto", "fast", "dense")
+
+
+def create_engine(
+    name: str,
+    model: nn.Module,
+    layout: TokenLayout,
+    block_index: int,
+    kernel: str,
+    skip: str,
+    score: str,
+    mask_batch: int | None = None,
+) -> MaskedEngine:
+    """``auto`` takes ``fast`` whenever it is exact for this model and block, else ``dense``."""
+    if name not in ENGINES:
+        raise VitcamError(f"--engine {name}: use one of {', '.join(ENGINES)}")
+    reason = fast_unsupported_reason(model, block_index)
+    if name == "fast" and reason is not None:
+        raise VitcamError(f"--engine fast is not exact for this model: {reason}; use --engine auto or dense")
+    engine = CompressedEngine if name == "fast" or (name == "auto" and reason is None) else DenseEngine
+    return engine(model, layout, block_index, kernel, skip, score, mask_batch)

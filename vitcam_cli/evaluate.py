@@ -1,0 +1,489 @@
+"""``vitcam evaluate``: several saliency methods on the same batches of a dataset, metrics, tables.
+
+One pass over the data: each batch is decoded once and every method explains it; ADCC, insertion and
+deletion, and (with boxes) the pointing game and energy-in-box are computed per image and summed per
+method in constant memory. Writes metrics.json, per_image.csv and report.html.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from vitcam_cli.data import (
+    Box,
+    ImageFiles,
+    ImageItem,
+    discover,
+    folder_labels,
+    make_loader,
+    read_boxes,
+    read_class_map,
+    read_labels,
+)
+from vitcam_cli.errors import VitcamError
+from vitcam_cli.measure import MetricSettings, measure
+from vitcam_cli.methods.base import SaliencyMethod
+from vitcam_cli.methods.factory import canonical_name, create_method
+from vitcam_cli.metrics.adcc import ADCC_DEFINITION
+from vitcam_cli.metrics.aggregate import METRICS, Totals
+from vitcam_cli.metrics.insertion_deletion import BASELINES
+from vitcam_cli.metrics.localization import boxes_mask
+from vitcam_cli.models import LoadedModel, ModelSpec, resolve_class
+from vitcam_cli.outputs.atomic import atomic_text_stream, write_atomic, write_json_atomic
+from vitcam_cli.outputs.overlay import View, colormap_table, model_view, render_overlay
+from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail, write_report
+from vitcam_cli.pipeline import EXIT_OK, EXIT_SOME_FAILED, library_versions
+from vitcam_cli.runtime import autocast, check_precision, resolve_device
+
+# metrics where higher is better: the ones --fail-under can gate on
+GATE_METRICS = ("adcc", "adcc_mean", "coherency", "insertion", "pointing_game", "energy_in_box")
+ROW_FIELDS = (
+    "path", "status", "error", "method", "label", "predicted", "correct", "class_index", "class_name",
+    "probability", *(name for name in METRICS if name != "adcc_mean"), "overlay",
+)  # fmt: skip
+
+
+@dataclass
+class EvaluateOptions:
+    data: Path
+    model: ModelSpec
+    labels: Path | None = None
+    boxes: Path | None = None
+    class_map: Path | None = None
+    target: str = "predicted"
+    methods: list[str] = field(default_factory=lambda: ["reciprocam"])
+    limit: int | None = None
+    seed: int = 0
+    out: Path = Path("vitcam-eval")
+    save_overlays: bool = False
+    insertion_deletion: bool = True
+    steps: int = 20
+    baseline: str = "blur"
+    fail_under: float | None = None
+    metric: str = "adcc"
+    as_json: bool = False
+    markdown: bool = False
+    batch_size: int = 16
+    workers: int = 1
+    device: str = "auto"
+    precision: str = "fp32"
+    mask_batch: int | None = None
+    engine: str = "auto"
+    colormap: str = "inferno"
+    alpha: float = 0.5
+    quiet: bool = False
+
+
+@dataclass
+class MethodRecord:
+    method: SaliencyMethod
+    totals: Totals = field(default_factory=Totals)
+    seconds: float = 0.0
+
+
+@dataclass
+class BatchResult:
+    """One method's results for one batch, on the CPU, one entry per image."""
+
+    maps: torch.Tensor  # (B, rows, cols)
+    classes: torch.Tensor  # (B,)
+    probabilities: torch.Tensor  # (B,)
+    predicted: torch.Tensor  # (B,)
+    values: dict[str, torch.Tensor]  # metric -> (B,)
+
+
+def _check(options: EvaluateOptions) -> None:
+    if options.target not in ("predicted", "label"):
+        raise VitcamError(f"--target {options.target}: use predicted or label")
+    if options.baseline not in BASELINES:
+        raise VitcamError(f"--baseline {options.baseline}: use {' or '.join(BASELINES)}")
+    if options.steps < 1:
+        raise VitcamError("--steps must be at least 1")
+    if options.limit is not None and options.limit < 1:
+        raise VitcamError("--limit must be at least 1")
+    if options.metric not in GATE_METRICS:
+        raise VitcamError(
+            f"--metric {options.metric}: use one of {', '.join(GATE_METRICS)} (higher is better)"
+        )
+    if options.batch_size < 1 or options.workers < 0:
+        raise VitcamError("--batch-size must be at least 1 and --workers at least 0")
+    if not options.data.is_dir():
+        raise VitcamError(f"DATA {options.data}: not a folder")
+    colormap_table(options.colormap)
+
+
+def _subset(items: list[ImageItem], limit: int | None, seed: int) -> list[ImageItem]:
+    """A seeded random subset of ``limit`` images, kept in sorted order."""
+    if limit is None or limit >= len(items):
+        return items
+    chosen = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in chosen]
+
+
+def _ground_truth(
+    options: EvaluateOptions, items: list[ImageItem], loaded: LoadedModel
+) -> dict[Path, int | str] | None:
+    """Labels from --labels, else from an ImageFolder tree, else None (unlabelled)."""
+
+    def resolve(value: str) -> int:
+        return resolve_class(value, loaded.class_names)
+
+    if options.labels is not None:
+        return read_labels(options.labels, items, resolve)
+    class_map = read_class_map(options.class_map) if options.class_map else None
+    found = folder_labels(items, resolve, class_map)
+    return dict(found) if found is not None else None
+
+
+def input_boxes(
+    boxes: list[Box], view: View | None, input_size: tuple[int, int], width: int, height: int
+) -> list[Box]:
+    """Original-image boxes moved into the preprocessed input's pixels, the way preprocessing moved them."""
+    rows, cols = input_size
+    x0, y0, x1, y1 = view or (0.0, 0.0, float(width), float(height))
+    sx, sy = cols / (x1 - x0), rows / (y1 - y0)
+    return [((a - x0) * sx, (b - y0) * sy, (c - x0) * sx, (d - y0) * sy) for a, b, c, d in boxes]
+
+
+def _explain_batch(
+    record: MethodRecord,
+    loaded: LoadedModel,
+    images: torch.Tensor,
+    truth: torch.Tensor | None,
+    options: EvaluateOptions,
+    settings: MetricSettings,
+    inside: torch.Tensor | None,
+) -> BatchResult:
+    def choose(logits: torch.Tensor) -> torch.Tensor:
+        if options.target == "label" and truth is not None:
+            return truth.to(logits.device).view(-1, 1)
+        return logits.argmax(-1, keepdim=True)
+
+    tick = time.perf_counter()
+    with torch.inference_mode(), autocast(options.precision, images.device):
+        explanation = record.method(images, choose)
+        values = measure(record.method, loaded.model, images, explanation, settings, inside)
+    record.seconds += time.perf_counter() - tick
+    record.totals.add(values)
+    logits = explanation.logits.cpu()
+    classes = explanation.classes[:, 0].cpu()
+    return BatchResult(
+        maps=explanation.maps[:, 0].float().cpu(),
+        classes=classes,
+        probabilities=torch.softmax(logits, -1).gather(1, classes.view(-1, 1)).squeeze(1),
+        predicted=logits.argmax(-1),
+        values={name: value.cpu() for name, value in values.items()},
+    )
+
+
+def run_evaluate(options: EvaluateOptions, stdout: TextIO | None = None) -> int:
+    """Evaluate every method; exit code 0, or 1 when inputs failed or --fail-under was missed."""
+    started = time.perf_counter()
+    stdout = stdout or sys.stdout
+    console = Console(stderr=True, quiet=options.quiet)
+    _check(options)
+    names = list(dict.fromkeys(canonical_name(spec) for spec in options.methods))
+    device = resolve_device(options.device)
+    check_precision(options.precision, device)
+    items = _subset(discover([str(options.data)]), options.limit, options.seed)
+    if not items:
+        raise VitcamError(f"DATA {options.data}: no images found")
+    loaded = options.model.load(device)
+    truth_of = _ground_truth(options, items, loaded)
+    if options.target == "label" and truth_of is None:
+        raise VitcamError("--target label needs ground truth: pass --labels FILE.csv or an ImageFolder tree")
+    boxes = read_boxes(options.boxes, items) if options.boxes else None
+    records = {
+        name: MethodRecord(create_method(name, loaded, options.mask_batch, options.engine)) for name in names
+    }
+    settings = MetricSettings(
+        insertion_deletion=options.insertion_deletion, steps=options.steps, baseline=options.baseline,
+        forward_batch=max(2 * options.batch_size, 32),
+    )  # fmt: skip
+    try:
+        options.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise VitcamError(f"--out {options.out}: cannot create it ({error.strerror})") from error
+
+    counts = {"images": len(items), "evaluated": 0, "failed": 0, "labelled": 0, "correct": 0}
+    gallery = Gallery(limit=100)
+    progress = Progress(
+        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, disable=options.quiet or not console.is_terminal,
+    )  # fmt: skip
+    task = progress.add_task("evaluate", total=len(items))
+    input_size = (int(loaded.input_size[1]), int(loaded.input_size[2]))
+    with atomic_text_stream(options.out / "per_image.csv") as handle, progress:
+        rows = csv.DictWriter(handle, fieldnames=ROW_FIELDS, extrasaction="ignore")
+        rows.writeheader()
+
+        def fail(item: ImageItem, message: str) -> None:
+            counts["failed"] += 1
+            rows.writerow({"path": str(item.path), "status": "error", "error": message})
+            progress.advance(task)
+
+        runnable = []
+        for item in items:
+            truth = truth_of.get(item.path) if truth_of is not None else None
+            if isinstance(truth, str):
+                fail(item, truth)
+            else:
+                runnable.append(item)
+        loader = make_loader(
+            ImageFiles(runnable, loaded.transform), options.batch_size, options.workers, device.type == "cuda"
+        )
+        for batch in loader:
+            for index, message in batch.failures:
+                fail(runnable[index], message)
+            if batch.images is None:
+                continue
+            batch_items = [runnable[i] for i in batch.indices]
+            originals = [original.numpy() for original in batch.originals]
+            views = [model_view(loaded.transform, o.shape[1], o.shape[0]) for o in originals]
+            truth = (
+                torch.tensor([int(truth_of[i.path]) for i in batch_items]) if truth_of is not None else None
+            )
+            inside = None
+            if boxes is not None:
+                moved = [
+                    input_boxes(boxes[item.path], view, input_size, original.shape[1], original.shape[0])
+                    for item, view, original in zip(batch_items, views, originals, strict=True)
+                ]
+                inside = boxes_mask(moved, input_size, device)
+            images = batch.images.to(device, non_blocking=True)
+            results = {
+                name: _explain_batch(record, loaded, images, truth, options, settings, inside)
+                for name, record in records.items()
+            }
+            if truth is not None:
+                counts["labelled"] += len(batch_items)
+                counts["correct"] += int((results[names[0]].predicted == truth).sum())
+            for position, item in enumerate(batch_items):
+                _record_image(
+                    item,
+                    position,
+                    results,
+                    originals[position],
+                    views[position],
+                    truth,
+                    loaded,
+                    options,
+                    rows,
+                    gallery,
+                )
+            counts["evaluated"] += len(batch_items)
+            progress.advance(task, len(batch_items))
+
+    metrics = _metrics(options, loaded, records, counts, names, str(device), time.perf_counter() - started)
+    write_json_atomic(options.out / "metrics.json", metrics)
+    _write_report(options, metrics, names, gallery)
+    console.print(_table(metrics, names))
+    if options.markdown:
+        stdout.write(markdown_table(metrics, names) + "\n")
+    if options.as_json:
+        stdout.write(json.dumps(metrics, indent=2) + "\n")
+    stdout.flush()
+    gate = metrics.get("gate")
+    if gate and not gate["passed"]:
+        shown = "missing" if gate["value"] is None else f"{gate['value']:.4f}"
+        print(  # even with --quiet: this line is why a CI job failed
+            f"failed: {names[0]} {gate['metric']} = {shown} is below --fail-under {gate['threshold']}",
+            file=sys.stderr,
+        )
+        return EXIT_SOME_FAILED
+    return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
+
+
+def _record_image(
+    item: ImageItem,
+    position: int,
+    results: dict[str, BatchResult],
+    original: np.ndarray,
+    view: View | None,
+    truth: torch.Tensor | None,
+    loaded: LoadedModel,
+    options: EvaluateOptions,
+    rows: csv.DictWriter,
+    gallery: Gallery,
+) -> None:
+    """The image's CSV rows and overlays (one per method), and its card for the report's gallery."""
+    label = int(truth[position]) if truth is not None else None
+    rendered: dict[str, np.ndarray] = {}
+
+    def overlay(name: str) -> np.ndarray:
+        if name not in rendered:
+            saliency = results[name].maps[position]
+            rendered[name] = render_overlay(original, saliency, view, options.colormap, options.alpha)
+        return rendered[name]
+
+    links: dict[str, str | None] = {}
+    for name, result in results.items():
+        link = None
+        if options.save_overlays:
+            link = f"overlays/{name.replace(':', '-')}/{item.key}.png"
+            image = overlay(name)
+            write_atomic(
+                options.out / link, lambda h, image=image: Image.fromarray(image).save(h, format="PNG")
+            )
+        links[name] = link
+        class_index = int(result.classes[position])
+        predicted = int(result.predicted[position])
+        rows.writerow(
+            {
+                "path": str(item.path), "status": "ok", "method": name,
+                "label": loaded.class_names[label] if label is not None else "",
+                "predicted": loaded.class_names[predicted],
+                "correct": "" if label is None else int(predicted == label),
+                "class_index": class_index, "class_name": loaded.class_names[class_index],
+                "probability": f"{float(result.probabilities[position]):.6f}",
+                **{metric: f"{float(value[position]):.6f}" for metric, value in result.values.items()},
+                "overlay": link or "",
+            }
+        )  # fmt: skip
+
+    def card() -> Card:
+        panels = [
+            Panel(
+                method=name,
+                thumbnail=thumbnail(overlay(name)),
+                link=links[name],
+                class_name=loaded.class_names[int(result.classes[position])],
+                probability=float(result.probabilities[position]),
+                metrics={metric: float(value[position]) for metric, value in result.values.items()},
+            )
+            for name, result in results.items()
+        ]
+        return Card(str(item.path), loaded.class_names[label] if label is not None else None, panels)
+
+    first = next(iter(results.values()))
+    gallery.offer(float(first.values["adcc"][position]), card)
+
+
+def _metrics(
+    options: EvaluateOptions,
+    loaded: LoadedModel,
+    records: dict[str, MethodRecord],
+    counts: dict[str, int],
+    names: list[str],
+    device: str,
+    seconds: float,
+) -> dict[str, Any]:
+    accuracy = counts["correct"] / counts["labelled"] if counts["labelled"] else None
+    methods = {
+        name: {
+            **record.totals.means(),
+            "n": counts["evaluated"],
+            "accuracy": accuracy,
+            "seconds": round(record.seconds, 3),
+            "seconds_per_image": round(record.seconds / counts["evaluated"], 4)
+            if counts["evaluated"]
+            else None,
+        }
+        for name, record in records.items()
+    }
+    metrics: dict[str, Any] = {
+        "tool": "vitcam evaluate",
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data": str(options.data),
+        "dataset": counts | {"limit": options.limit, "seed": options.seed},
+        "target": options.target,
+        "labels": str(options.labels) if options.labels else ("folders" if counts["labelled"] else None),
+        "boxes": str(options.boxes) if options.boxes else None,
+        "model": loaded.info,
+        "settings": {
+            "insertion_deletion": options.insertion_deletion,
+            "steps": options.steps,
+            "baseline": options.baseline,
+            "batch_size": options.batch_size,
+            "mask_batch": options.mask_batch or "auto",
+            "engine": options.engine,
+        },
+        "device": device,
+        "precision": options.precision,
+        "versions": library_versions(),
+        "wall_seconds": round(seconds, 3),
+        "primary": names[0],
+        "methods": methods,
+    }
+    if options.fail_under is not None:
+        value = methods[names[0]].get(options.metric)
+        metrics["gate"] = {
+            "metric": options.metric,
+            "threshold": options.fail_under,
+            "value": value,
+            "passed": value is not None and value >= options.fail_under,
+        }
+    return metrics
+
+
+COLUMNS = (*METRICS, "seconds_per_image")
+
+
+def _columns(metrics: dict[str, Any], names: list[str]) -> list[str]:
+    return [column for column in COLUMNS if any(metrics["methods"][n].get(column) is not None for n in names)]
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _table(metrics: dict[str, Any], names: list[str]) -> Table:
+    columns = _columns(metrics, names)
+    dataset = metrics["dataset"]
+    accuracy = metrics["methods"][names[0]]["accuracy"]
+    title = f"vitcam evaluate: {dataset['evaluated']} images, target {metrics['target']}" + (
+        f", accuracy {accuracy:.3f}" if accuracy is not None else ""
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("method")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name in names:
+        table.add_row(name, *(_cell(metrics["methods"][name].get(column)) for column in columns))
+    return table
+
+
+def markdown_table(metrics: dict[str, Any], names: list[str]) -> str:
+    columns = _columns(metrics, names)
+    lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name in names:
+        cells = (_cell(metrics["methods"][name].get(column)) for column in columns)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _write_report(
+    options: EvaluateOptions, metrics: dict[str, Any], names: list[str], gallery: Gallery
+) -> None:
+    columns = _columns(metrics, names)
+    dataset = metrics["dataset"]
+    facts = [
+        ("data", metrics["data"]),
+        ("model", metrics["model"]["model"]),
+        ("images", f"{dataset['evaluated']} evaluated, {dataset['failed']} failed"),
+        ("target", metrics["target"]),
+        ("device", f"{metrics['device']} {metrics['precision']}"),
+    ]
+    accuracy = metrics["methods"][names[0]]["accuracy"]
+    if accuracy is not None:
+        facts.append(("accuracy", f"{accuracy:.4f}"))
+    rows = [[name, *(_cell(metrics["methods"][name].get(column)) for column in columns)] for name in names]
+    write_report(
+        options.out / "report.html", "vitcam evaluate", facts, ["method", *columns], rows, gallery.cards(),
+        gallery.offered, [ADCC_DEFINITION],
+    )  # fmt: skip

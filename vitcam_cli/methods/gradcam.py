@@ -1,0 +1,44 @@
+"""Grad-CAM (Selvaraju et al., 2017) for ViTs: the last block's first LayerNorm, tokens as the grid.
+
+The patch tokens of ``blocks[-1].norm1`` are the feature map; each channel's weight is the mean
+gradient of the class logit over the patch tokens, and the map is ReLU(sum_c weight_c * token_c),
+the recipe pytorch-grad-cam documents for timm ViTs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vitcam_cli.engine.geometry import TokenLayout
+from vitcam_cli.methods.base import ClassChooser, Explanation
+
+
+class GradCAM:
+    name = "gradcam"
+
+    def __init__(self, model: nn.Module, layout: TokenLayout) -> None:
+        self.model = model
+        self.layout = layout
+        self.layer = model.blocks[-1].norm1
+
+    def __call__(self, images: Tensor, choose_classes: ClassChooser) -> Explanation:
+        captured: list[Tensor] = []
+        prefix = self.layout.num_prefix
+        with torch.inference_mode(False), torch.enable_grad():
+            images = images.detach().clone()
+            handle = self.layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+            try:
+                logits = self.model(images)
+            finally:
+                handle.remove()
+            tokens = captured[0]
+            classes = choose_classes(logits.detach().float())
+            maps = []
+            for t in range(classes.shape[1]):
+                score = logits.gather(1, classes[:, t : t + 1]).sum()
+                (grad,) = torch.autograd.grad(score, tokens, retain_graph=t + 1 < classes.shape[1])
+                weights = grad[:, prefix:].float().mean(1, keepdim=True)
+                maps.append((tokens[:, prefix:].detach().float() * weights).sum(-1).clamp_min(0))
+        stacked = torch.stack(maps, 1).view(images.shape[0], classes.shape[1], *self.layout.grid)
+        return Explanation(logits=logits.detach().float(), classes=classes, maps=stacked)

@@ -1,0 +1,1 @@
+"""Faithfulness and localisation metrics: small functions on batched tensors, on any device."""
