@@ -185,3 +185,15 @@ def test_evaluate_report_renders_in_a_real_browser(tiny_model, labelled, tmp_pat
     png = Path(__file__).parents[1] / "test-artifacts" / "evaluate-report.png"
     screenshot(out / "report.html", png)
     assert png.stat().st_size > 10_000
+
+
+def test_method_names():
+    from vitcam_cli.methods.factory import canonical_name
+
+    assert canonical_name("reciprocam") == "reciprocam:official"
+    assert canonical_name("ReciproCAM:otx:gaussian") == "reciprocam:otx"
+    assert canonical_name("reciprocam:openvino-xai:single") == "reciprocam:openvino-xai:single"
+    assert canonical_name("rollout") == "rollout"
+    for bad in ("reciprocam:fast", "reciprocam:otx:box", "gradcam:x", "saliency"):
+        with pytest.raises(Exception, match="--methods"):
+            canonical_name(bad)

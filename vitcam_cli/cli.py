@@ -350,7 +350,8 @@ def evaluate(
         list[str] | None,
         typer.Option(
             "--methods",
-            help="Saliency methods, repeatable or comma-separated: reciprocam[:official|otx|openvino-xai], "
+            help="Saliency methods, repeatable or comma-separated: reciprocam[:PRESET[:single]] (e.g. "
+            "reciprocam:otx:single), "
             "gradcam, rollout, relevance. The first one is gated by --fail-under. (default: reciprocam)",
             rich_help_panel=METHOD,
             show_default=False,

@@ -42,8 +42,14 @@ class LoadedModel:
         return tuple(self.data_config["input_size"])
 
 
+# models that ship inside the package, in timm's export format: ``--model NAME`` works offline
+BUNDLED_MODELS = {"fashion-vit": Path(__file__).parent / "assets" / "fashion-vit"}
+
+
 def resolve_model_name(spec: str) -> str:
-    """Map ``--model`` to a timm model name; a folder with config.json becomes ``local-dir:``."""
+    """Map ``--model`` to a timm model name; a bundled name or a folder with config.json -> ``local-dir:``."""
+    if spec in BUNDLED_MODELS:
+        return f"local-dir:{BUNDLED_MODELS[spec]}"
     if spec.startswith(("hf-hub:", "local-dir:")):
         if (
             spec.startswith("local-dir:")

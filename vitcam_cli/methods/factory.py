@@ -1,7 +1,8 @@
-"""``--methods`` names to methods: ``reciprocam[:PRESET]``, ``gradcam``, ``rollout``, ``relevance``."""
+"""``--methods`` names: ``reciprocam[:PRESET[:KERNEL]]``, ``gradcam``, ``rollout``, ``relevance``."""
 
 from __future__ import annotations
 
+from vitcam_cli.engine.masks import KERNELS
 from vitcam_cli.errors import VitcamError
 from vitcam_cli.methods.base import SaliencyMethod
 from vitcam_cli.methods.gradcam import GradCAM
@@ -11,17 +12,21 @@ from vitcam_cli.methods.rollout import AttentionRollout
 from vitcam_cli.models import LoadedModel
 
 BASELINES = {"gradcam": GradCAM, "rollout": AttentionRollout, "relevance": AttentionRelevance}
-CHOICES = (*(f"reciprocam:{preset}" for preset in PRESETS), *BASELINES)
+DEFAULT_KERNEL = "gaussian"
 
 
 def canonical_name(spec: str) -> str:
-    """``reciprocam`` -> ``reciprocam:official`` (the default preset); other names as they are."""
-    spec = spec.strip().lower()
-    if spec == "reciprocam":
-        return f"reciprocam:{DEFAULT_PRESET}"
-    if spec in CHOICES:
-        return spec
-    raise VitcamError(f"--methods {spec}: use reciprocam[:{'|'.join(PRESETS)}], {', '.join(BASELINES)}")
+    """``reciprocam`` -> ``reciprocam:official``; the default kernel is left out, the single one named."""
+    parts = spec.strip().lower().split(":")
+    if parts[0] in BASELINES and len(parts) == 1:
+        return parts[0]
+    if parts[0] == "reciprocam" and len(parts) <= 3:
+        preset = parts[1] if len(parts) > 1 else DEFAULT_PRESET
+        kernel = parts[2] if len(parts) > 2 else DEFAULT_KERNEL
+        if preset in PRESETS and kernel in KERNELS:
+            return f"reciprocam:{preset}" + ("" if kernel == DEFAULT_KERNEL else f":{kernel}")
+    presets, kernels = "|".join(PRESETS), "|".join(KERNELS)
+    raise VitcamError(f"--methods {spec}: use reciprocam[:{presets}[:{kernels}]], {', '.join(BASELINES)}")
 
 
 def create_method(
@@ -30,5 +35,6 @@ def create_method(
     name = canonical_name(spec)
     if name in BASELINES:
         return BASELINES[name](loaded.model, loaded.layout)
-    preset = name.split(":", 1)[1]
-    return ReciproCAM(loaded.model, loaded.layout, PRESETS[preset], loaded.input_size, mask_batch, engine)
+    _, preset, *kernel = name.split(":")
+    settings = PRESETS[preset].with_overrides(kernel=kernel[0] if kernel else None)
+    return ReciproCAM(loaded.model, loaded.layout, settings, loaded.input_size, mask_batch, engine)
