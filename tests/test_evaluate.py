@@ -15,10 +15,8 @@ from tests.test_cli import run
 METHODS = "reciprocam,reciprocam:otx,gradcam,rollout,relevance"
 
 
-@pytest.fixture
-def labelled(tmp_path: Path) -> Path:
+def write_labelled(root: Path) -> Path:
     """Ten images with labels.csv (names and indices mixed) and boxes.csv (two boxes for one image)."""
-    root = tmp_path / "data"
     (root / "images").mkdir(parents=True)
     labels, boxes = ["file,label"], ["file,x1,y1,x2,y2"]
     for i in range(10):
@@ -30,6 +28,11 @@ def labelled(tmp_path: Path) -> Path:
     (root / "labels.csv").write_text("\n".join(labels) + "\n")
     (root / "boxes.csv").write_text("\n".join(boxes) + "\n")
     return root
+
+
+@pytest.fixture
+def labelled(tmp_path: Path) -> Path:
+    return write_labelled(tmp_path / "data")
 
 
 def evaluate(model: Path, data: Path, out: Path, *args: str) -> tuple[int, str, str]:

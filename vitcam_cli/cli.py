@@ -14,6 +14,7 @@ import typer
 
 from vitcam_cli import __version__
 from vitcam_cli.config import load_config
+from vitcam_cli.distributed import parse_shard
 from vitcam_cli.errors import VitcamError
 from vitcam_cli.methods.reciprocam import DEFAULT_PRESET
 from vitcam_cli.models import ModelSpec
@@ -130,6 +131,14 @@ ConfigOption = Annotated[
     ),
 ]  # fmt: skip
 DebugOption = Annotated[bool, typer.Option(help="Show full tracebacks for errors.", rich_help_panel=RUN)]
+ShardOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Process only shard I of N (every N-th image from the I-th, 0-based) into part files; combine "
+        "the finished shards with 'vitcam merge'. Under torchrun each rank takes its shard itself.",
+        rich_help_panel=RUN,
+    ),
+]
 VARIANT_HELP = (
     "Preset of the published implementations: official = block -2, skip input, softmax; "
     "otx = block -1, skip ln, softmax; openvino-xai = block -1, skip masked-input, logit."
@@ -280,6 +289,7 @@ def explain(
             help="Also print each result row as JSON on stdout (for pipes).", rich_help_panel=OUTPUT
         ),
     ] = False,
+    shard: ShardOption = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", "-b", help="Images per batch.", rich_help_panel=RUN)
     ] = 8,
@@ -329,6 +339,7 @@ def explain(
             mask_batch=mask_batch,
             engine=engine,
             adcc=adcc,
+            shard=parse_shard(shard) if shard else None,
             skip_existing=skip_existing,
             quiet=quiet,
             jsonl=jsonl,
@@ -444,6 +455,7 @@ def evaluate(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or table.", rich_help_panel=RUN)
     ] = False,
+    shard: ShardOption = None,
     config: ConfigOption = None,
     debug: DebugOption = False,
 ) -> None:
@@ -484,8 +496,42 @@ def evaluate(
             colormap=colormap,
             alpha=alpha,
             quiet=quiet,
+            shard=parse_shard(shard) if shard else None,
         )
         return run_evaluate(options)
+
+    _run(action, debug)
+
+
+@app.command()
+def merge(
+    folders: Annotated[list[Path], typer.Argument(help="Output folders holding the shards' part files.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Where the merged run goes. (default: the first folder)", show_default=False
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Combine the finished shards of a '--shard I/N' run: explain's into one results.jsonl/.csv,
+    summary.json and report.html; evaluate's into metrics.json, per_image.csv and report.html.
+    Exit codes: 0 ok, 1 some images failed (or evaluate's --fail-under gate), 2 shards missing or unfinished.
+    """
+    from rich.console import Console
+
+    from vitcam_cli.evaluate import merge_evaluation
+    from vitcam_cli.outputs.merge import merge_shards
+    from vitcam_cli.pipeline import EXIT_OK, EXIT_SOME_FAILED, summary_table
+
+    def action() -> int:
+        destination = out or folders[0]
+        if any(any(folder.glob("metrics.shard-*-of-*.json")) for folder in folders):
+            return merge_evaluation(folders, destination, quiet, sys.stdout)
+        summary = merge_shards(folders, destination)
+        Console(stderr=True, quiet=quiet).print(summary_table(summary))
+        return EXIT_SOME_FAILED if summary["images"]["error"] else EXIT_OK
 
     _run(action, debug)
 

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -35,6 +37,7 @@ from vitcam_cli.data import (
     read_class_map,
     read_labels,
 )
+from vitcam_cli.distributed import Shard, collect_shards, process_group, rank_device, torchrun_rank
 from vitcam_cli.errors import VitcamError
 from vitcam_cli.measure import MetricSettings, measure
 from vitcam_cli.methods.base import SaliencyMethod
@@ -46,10 +49,19 @@ from vitcam_cli.metrics.localization import boxes_mask
 from vitcam_cli.models import LoadedModel, ModelSpec, resolve_class
 from vitcam_cli.outputs.atomic import atomic_text_stream, write_atomic, write_json_atomic
 from vitcam_cli.outputs.overlay import View, colormap_table, model_view, render_overlay
-from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail, write_report
+from vitcam_cli.outputs.report import (
+    Card,
+    Gallery,
+    Panel,
+    card_from_dict,
+    card_to_dict,
+    thumbnail,
+    write_report,
+)
 from vitcam_cli.pipeline import EXIT_OK, EXIT_SOME_FAILED, library_versions
 from vitcam_cli.runtime import autocast, check_precision, resolve_device
 
+GALLERY_LIMIT = 100  # the report keeps this many worst and best images
 # metrics where higher is better: the ones --fail-under can gate on
 GATE_METRICS = ("adcc", "adcc_mean", "coherency", "insertion", "pointing_game", "energy_in_box")
 ROW_FIELDS = (
@@ -87,6 +99,7 @@ class EvaluateOptions:
     colormap: str = "inferno"
     alpha: float = 0.5
     quiet: bool = False
+    shard: Shard | None = None
 
 
 @dataclass
@@ -192,13 +205,42 @@ def _explain_batch(
 
 
 def run_evaluate(options: EvaluateOptions, stdout: TextIO | None = None) -> int:
-    """Evaluate every method; exit code 0, or 1 when inputs failed or --fail-under was missed."""
-    started = time.perf_counter()
-    stdout = stdout or sys.stdout
-    console = Console(stderr=True, quiet=options.quiet)
+    """Evaluate every method; exit code 0, or 1 when inputs failed or --fail-under was missed.
+
+    With --shard, or one shard per rank under torchrun, each process evaluates its slice and leaves its
+    part files; rank 0 (or ``vitcam merge``) combines them into the same outputs a single process writes.
+    """
     _check(options)
+    stdout = stdout or sys.stdout
+    ranked = torchrun_rank()
+    if ranked is None:
+        device = resolve_device(options.device)
+        part = _evaluate(options, device)
+        if options.shard is not None:
+            write_part(part, options.out, options.shard)
+            return EXIT_SOME_FAILED if part.counts["failed"] else EXIT_OK
+        return finish(options.out, [part], options.as_json, options.markdown, options.quiet, stdout)
+    if options.shard is not None:
+        raise VitcamError("--shard splits a run by hand; under torchrun every rank takes its shard itself")
+    rank, world, local_rank = ranked
+    device = rank_device(resolve_device(options.device), local_rank)
+    mine = replace(options, shard=Shard(rank, world), quiet=options.quiet or rank > 0)
+    code = EXIT_OK
+    with process_group(device):
+        write_part(_evaluate(mine, device), options.out, mine.shard)
+        dist.barrier()  # every rank's part files are complete
+        if rank == 0:
+            parts = [part for _, part in read_parts([options.out])]
+            code = finish(options.out, parts, options.as_json, options.markdown, options.quiet, stdout)
+        dist.barrier()
+    return code
+
+
+def _evaluate(options: EvaluateOptions, device: torch.device) -> Part:
+    """This process's share: its images (all, or its shard's) through every method."""
+    started = time.perf_counter()
+    console = Console(stderr=True, quiet=options.quiet)
     names = list(dict.fromkeys(canonical_name(spec) for spec in options.methods))
-    device = resolve_device(options.device)
     check_precision(options.precision, device)
     items = _subset(discover([str(options.data)]), options.limit, options.seed)
     if not items:
@@ -207,6 +249,8 @@ def run_evaluate(options: EvaluateOptions, stdout: TextIO | None = None) -> int:
     truth_of = _ground_truth(options, items, loaded)
     if options.target == "label" and truth_of is None:
         raise VitcamError("--target label needs ground truth: pass --labels FILE.csv or an ImageFolder tree")
+    if options.shard is not None:
+        items = options.shard.take(items)
     boxes = read_boxes(options.boxes, items) if options.boxes else None
     records = {
         name: MethodRecord(create_method(name, loaded, options.mask_batch, options.engine)) for name in names
@@ -221,14 +265,15 @@ def run_evaluate(options: EvaluateOptions, stdout: TextIO | None = None) -> int:
         raise VitcamError(f"--out {options.out}: cannot create it ({error.strerror})") from error
 
     counts = {"images": len(items), "evaluated": 0, "failed": 0, "labelled": 0, "correct": 0}
-    gallery = Gallery(limit=100)
+    gallery = Gallery(limit=GALLERY_LIMIT)
     progress = Progress(
         TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=console, disable=options.quiet or not console.is_terminal,
     )  # fmt: skip
     task = progress.add_task("evaluate", total=len(items))
     input_size = (int(loaded.input_size[1]), int(loaded.input_size[2]))
-    with atomic_text_stream(options.out / "per_image.csv") as handle, progress:
+    suffix = options.shard.suffix if options.shard else ""
+    with atomic_text_stream(options.out / f"per_image{suffix}.csv") as handle, progress:
         rows = csv.DictWriter(handle, fieldnames=ROW_FIELDS, extrasaction="ignore")
         rows.writeheader()
 
@@ -255,9 +300,9 @@ def run_evaluate(options: EvaluateOptions, stdout: TextIO | None = None) -> int:
             batch_items = [runnable[i] for i in batch.indices]
             originals = [original.numpy() for original in batch.originals]
             views = [model_view(loaded.transform, o.shape[1], o.shape[0]) for o in originals]
-            truth = (
-                torch.tensor([int(truth_of[i.path]) for i in batch_items]) if truth_of is not None else None
-            )
+            truth = None
+            if truth_of is not None:
+                truth = torch.tensor([int(truth_of[item.path]) for item in batch_items])
             inside = None
             if boxes is not None:
                 moved = [
@@ -275,38 +320,22 @@ def run_evaluate(options: EvaluateOptions, stdout: TextIO | None = None) -> int:
                 counts["correct"] += int((results[names[0]].predicted == truth).sum())
             for position, item in enumerate(batch_items):
                 _record_image(
-                    item,
-                    position,
-                    results,
-                    originals[position],
-                    views[position],
-                    truth,
-                    loaded,
-                    options,
-                    rows,
-                    gallery,
-                )
+                    item, position, results, originals[position], views[position], truth, loaded, options,
+                    rows, gallery,
+                )  # fmt: skip
             counts["evaluated"] += len(batch_items)
             progress.advance(task, len(batch_items))
 
-    metrics = _metrics(options, loaded, records, counts, names, str(device), time.perf_counter() - started)
-    write_json_atomic(options.out / "metrics.json", metrics)
-    _write_report(options, metrics, names, gallery)
-    console.print(_table(metrics, names))
-    if options.markdown:
-        stdout.write(markdown_table(metrics, names) + "\n")
-    if options.as_json:
-        stdout.write(json.dumps(metrics, indent=2) + "\n")
-    stdout.flush()
-    gate = metrics.get("gate")
-    if gate and not gate["passed"]:
-        shown = "missing" if gate["value"] is None else f"{gate['value']:.4f}"
-        print(  # even with --quiet: this line is why a CI job failed
-            f"failed: {names[0]} {gate['metric']} = {shown} is below --fail-under {gate['threshold']}",
-            file=sys.stderr,
-        )
-        return EXIT_SOME_FAILED
-    return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
+    return Part(
+        header=_header(options, loaded, names, str(device)),
+        names=names,
+        totals={name: record.totals for name, record in records.items()},
+        seconds={name: record.seconds for name, record in records.items()},
+        counts=counts,
+        cards=gallery.cards(),
+        offered=gallery.offered,
+        wall_seconds=time.perf_counter() - started,
+    )
 
 
 def _record_image(
@@ -374,37 +403,18 @@ def _record_image(
     gallery.offer(float(first.values["adcc"][position]), card)
 
 
-def _metrics(
-    options: EvaluateOptions,
-    loaded: LoadedModel,
-    records: dict[str, MethodRecord],
-    counts: dict[str, int],
-    names: list[str],
-    device: str,
-    seconds: float,
-) -> dict[str, Any]:
-    accuracy = counts["correct"] / counts["labelled"] if counts["labelled"] else None
-    methods = {
-        name: {
-            **record.totals.means(),
-            "n": counts["evaluated"],
-            "accuracy": accuracy,
-            "seconds": round(record.seconds, 3),
-            "seconds_per_image": round(record.seconds / counts["evaluated"], 4)
-            if counts["evaluated"]
-            else None,
-        }
-        for name, record in records.items()
-    }
-    metrics: dict[str, Any] = {
+def _header(options: EvaluateOptions, loaded: LoadedModel, names: list[str], device: str) -> dict[str, Any]:
+    """The metrics.json fields that describe the run, the same in every shard."""
+    return {
         "tool": "vitcam evaluate",
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "data": str(options.data),
-        "dataset": counts | {"limit": options.limit, "seed": options.seed},
         "target": options.target,
-        "labels": str(options.labels) if options.labels else ("folders" if counts["labelled"] else None),
+        "labels": str(options.labels) if options.labels else None,
         "boxes": str(options.boxes) if options.boxes else None,
+        "limit": options.limit,
+        "seed": options.seed,
         "model": loaded.info,
+        "methods": names,
         "settings": {
             "insertion_deletion": options.insertion_deletion,
             "steps": options.steps,
@@ -416,19 +426,142 @@ def _metrics(
         "device": device,
         "precision": options.precision,
         "versions": library_versions(),
-        "wall_seconds": round(seconds, 3),
+        "gate": None
+        if options.fail_under is None
+        else {"metric": options.metric, "threshold": options.fail_under},
+    }
+
+
+@dataclass
+class Part:
+    """One process's share of an evaluation: mergeable sums and counts, and its gallery."""
+
+    header: dict[str, Any]
+    names: list[str]
+    totals: dict[str, Totals]
+    seconds: dict[str, float]
+    counts: dict[str, int]
+    cards: list[Card]
+    offered: int
+    wall_seconds: float
+
+
+# run-defining fields every shard of one evaluation must share
+SHARED_HEADER = ("data", "target", "labels", "boxes", "limit", "seed", "model", "methods", "settings", "gate")
+
+
+def write_part(part: Part, out: Path, shard: Shard) -> None:
+    """A shard's sums, counts and gallery (thumbnails in base64) for a later merge."""
+    data = {
+        "shard": f"{shard.index}/{shard.count}",
+        "status": "complete",
+        **{key: value for key, value in part.__dict__.items() if key not in ("totals", "cards")},
+        "totals": {name: totals.state() for name, totals in part.totals.items()},
+        "cards": [card_to_dict(card) for card in part.cards],
+    }
+    write_json_atomic(out / f"metrics{shard.suffix}.json", data)
+
+
+def read_parts(folders: list[Path]) -> list[tuple[Path, Part]]:
+    """Every shard's part of one evaluation, in shard order."""
+    shards = collect_shards(
+        folders, "metrics", lambda d: {key: d["header"].get(key) for key in SHARED_HEADER}
+    )
+    parts = []
+    for folder, data in shards:
+        part = Part(
+            header=data["header"], names=data["names"], seconds=data["seconds"], counts=data["counts"],
+            offered=data["offered"], wall_seconds=data["wall_seconds"],
+            totals={name: Totals.from_state(state) for name, state in data["totals"].items()},
+            cards=[card_from_dict(card) for card in data["cards"]],
+        )  # fmt: skip
+        parts.append((folder, part))
+    return parts
+
+
+def _metrics(parts: list[Part]) -> dict[str, Any]:
+    """metrics.json: the parts' sums combined, so any split gives the numbers of a single process."""
+    names, header = parts[0].names, parts[0].header
+    counts = {key: sum(part.counts[key] for part in parts) for key in parts[0].counts}
+    accuracy = counts["correct"] / counts["labelled"] if counts["labelled"] else None
+    methods = {}
+    for name in names:
+        totals = Totals()
+        for part in parts:
+            totals.merge(part.totals[name])
+        seconds = sum(part.seconds[name] for part in parts)
+        methods[name] = {
+            **totals.means(),
+            "n": counts["evaluated"],
+            "accuracy": accuracy,
+            "seconds": round(seconds, 3),
+            "seconds_per_image": round(seconds / counts["evaluated"], 4) if counts["evaluated"] else None,
+        }
+    metrics: dict[str, Any] = {
+        **{key: value for key, value in header.items() if key not in ("methods", "gate", "limit", "seed")},
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "dataset": counts | {"limit": header["limit"], "seed": header["seed"]},
+        "labels": header["labels"] or ("folders" if counts["labelled"] else None),
+        "wall_seconds": round(max(part.wall_seconds for part in parts), 3),
+        "shards": len(parts) if len(parts) > 1 else None,
         "primary": names[0],
         "methods": methods,
     }
-    if options.fail_under is not None:
-        value = methods[names[0]].get(options.metric)
-        metrics["gate"] = {
-            "metric": options.metric,
-            "threshold": options.fail_under,
-            "value": value,
-            "passed": value is not None and value >= options.fail_under,
-        }
+    gate = header.get("gate")
+    if gate is not None:
+        value = methods[names[0]].get(gate["metric"])
+        metrics["gate"] = gate | {"value": value, "passed": value is not None and value >= gate["threshold"]}
     return metrics
+
+
+def finish(out: Path, parts: list[Part], as_json: bool, markdown: bool, quiet: bool, stdout: TextIO) -> int:
+    """Write metrics.json and report.html (and, for shards, per_image.csv) and print the comparison."""
+    names = parts[0].names
+    if len(parts) > 1:
+        _merge_rows(out, len(parts))
+    metrics = _metrics(parts)
+    write_json_atomic(out / "metrics.json", metrics)
+    gallery = Gallery(limit=GALLERY_LIMIT)
+    for part in parts:
+        for card in part.cards:
+            gallery.offer(card.panels[0].metrics.get("adcc", math.nan), lambda card=card: card)
+    _write_report(out, metrics, names, gallery.cards(), sum(part.offered for part in parts))
+    Console(stderr=True, quiet=quiet).print(_table(metrics, names))
+    if markdown:
+        stdout.write(markdown_table(metrics, names) + "\n")
+    if as_json:
+        stdout.write(json.dumps(metrics, indent=2) + "\n")
+    stdout.flush()
+    gate = metrics.get("gate")
+    if gate and not gate["passed"]:
+        shown = "missing" if gate["value"] is None else f"{gate['value']:.4f}"
+        print(  # even with --quiet: this line is why a CI job failed
+            f"failed: {names[0]} {gate['metric']} = {shown} is below --fail-under {gate['threshold']}",
+            file=sys.stderr,
+        )
+        return EXIT_SOME_FAILED
+    return EXIT_SOME_FAILED if metrics["dataset"]["failed"] else EXIT_OK
+
+
+def _merge_rows(out: Path, count: int) -> None:
+    """per_image.csv from the shards' part files, rows sorted by path (each image's methods in order)."""
+    rows: list[dict[str, str]] = []
+    for index in range(count):
+        with (out / f"per_image.shard-{index}-of-{count}.csv").open(newline="", encoding="utf-8") as handle:
+            rows += list(csv.DictReader(handle))
+    rows.sort(key=lambda row: row["path"])
+    with atomic_text_stream(out / "per_image.csv") as handle:
+        writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def merge_evaluation(folders: list[Path], destination: Path, quiet: bool, stdout: TextIO) -> int:
+    """``vitcam merge`` for evaluate shards (their part files must share one folder)."""
+    parts = read_parts(folders)
+    if any(folder.resolve() != destination.resolve() for folder, _ in parts):
+        raise VitcamError("evaluate shards must write to one shared --out folder; merge that folder")
+    return finish(destination, [part for _, part in parts], False, False, quiet, stdout)
 
 
 COLUMNS = (*METRICS, "seconds_per_image")
@@ -468,7 +601,7 @@ def markdown_table(metrics: dict[str, Any], names: list[str]) -> str:
 
 
 def _write_report(
-    options: EvaluateOptions, metrics: dict[str, Any], names: list[str], gallery: Gallery
+    out: Path, metrics: dict[str, Any], names: list[str], cards: list[Card], offered: int
 ) -> None:
     columns = _columns(metrics, names)
     dataset = metrics["dataset"]
@@ -484,6 +617,6 @@ def _write_report(
         facts.append(("accuracy", f"{accuracy:.4f}"))
     rows = [[name, *(_cell(metrics["methods"][name].get(column)) for column in columns)] for name in names]
     write_report(
-        options.out / "report.html", "vitcam evaluate", facts, ["method", *columns], rows, gallery.cards(),
-        gallery.offered, [ADCC_DEFINITION],
+        out / "report.html", "vitcam evaluate", facts, ["method", *columns], rows, cards, offered,
+        [ADCC_DEFINITION],
     )  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
@@ -9,7 +10,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,6 +19,7 @@ import numpy as np
 import PIL
 import timm
 import torch
+import torch.distributed as dist
 from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -33,16 +35,17 @@ from vitcam_cli.data import (
     read_labels,
     read_path_list,
 )
+from vitcam_cli.distributed import Shard, process_group, rank_device, torchrun_rank
 from vitcam_cli.errors import VitcamError
 from vitcam_cli.measure import MetricSettings, measure
 from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM
-from vitcam_cli.metrics.adcc import ADCC_DEFINITION, PARTS
-from vitcam_cli.metrics.aggregate import METRICS
+from vitcam_cli.metrics.adcc import PARTS
 from vitcam_cli.models import LoadedModel, ModelSpec, resolve_class
 from vitcam_cli.outputs.atomic import write_atomic, write_json_atomic
 from vitcam_cli.outputs.manifest import Counts, Manifest
+from vitcam_cli.outputs.merge import merge_shards
 from vitcam_cli.outputs.overlay import View, colormap_table, model_view, render_overlay
-from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail, write_report
+from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail, write_explain_report
 from vitcam_cli.runtime import autocast, check_precision, resolve_device
 from vitcam_cli.targets import TargetRequest, ranks
 
@@ -75,6 +78,7 @@ class ExplainOptions:
     mask_batch: int | None = None
     engine: str = "auto"
     adcc: bool = True
+    shard: Shard | None = None
     skip_existing: bool = False
     quiet: bool = False
     jsonl: bool = False
@@ -119,7 +123,7 @@ def _check_options(options: ExplainOptions) -> None:
     colormap_table(options.colormap)
 
 
-def _prepare_out(out: Path, settings: dict[str, Any], resume: bool) -> None:
+def _prepare_out(out: Path, settings: dict[str, Any], resume: bool, summary_name: str) -> None:
     """Create ``out`` and check it is writable; when resuming, refuse a folder written with other settings."""
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +133,10 @@ def _prepare_out(out: Path, settings: dict[str, Any], resume: bool) -> None:
         raise VitcamError(
             f"--out {out}: cannot write there ({error.strerror}); choose another folder"
         ) from error
-    previous = out / "summary.json"
+    if resume:  # temporary files of a killed run: never results, safe to remove
+        for leftover in out.rglob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+    previous = out / summary_name
     if resume and previous.is_file():
         try:
             before = json.loads(previous.read_text()).get("settings", {})
@@ -184,6 +191,11 @@ class OutputWriter:
             self.flush(wait=True)
         self.pool.shutdown(wait=True)
 
+    def abandon(self) -> None:
+        """Stop after a write failed: rows not yet in the manifest are dropped, their images redone later."""
+        self.pending.clear()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
     def _write(self, job: dict[str, Any]) -> list[dict[str, Any]]:
         original: np.ndarray = job["original"]
         for row, saliency in zip(job["rows"], job["maps"], strict=True):
@@ -232,6 +244,16 @@ def _error_row(item: ImageItem, message: str) -> dict[str, Any]:
     }
 
 
+def _non_finite(logits: torch.Tensor, maps: torch.Tensor, precision: str) -> str | None:
+    """Why an image's results cannot be written (never a map of NaNs), or None when they are finite."""
+    cause = "fp16 overflow: try --precision bf16 or fp32" if precision == "fp16" else "a broken checkpoint?"
+    if not torch.isfinite(logits).all():
+        return f"non-finite prediction (NaN or inf logits; {cause})"
+    if not torch.isfinite(maps).all():
+        return f"non-finite saliency scores (NaN or inf; {cause})"
+    return None
+
+
 def _output_name(item: ImageItem, class_index: int, several: bool, suffix: str) -> str:
     """``<key><suffix>``, or ``<key>.<class><suffix>`` when each image gets several classes."""
     return f"{item.key}.{class_index}{suffix}" if several else f"{item.key}{suffix}"
@@ -250,7 +272,7 @@ def _progress(console: Console, disabled: bool) -> Progress:
     )
 
 
-def _summary_table(summary: dict[str, Any]) -> Table:
+def summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title="vitcam explain", show_header=False, title_justify="left")
     images = summary["images"]
     table.add_row("images ok", str(images["ok"]))
@@ -279,33 +301,33 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def _write_report(path: Path, summary: dict[str, Any], gallery: Gallery) -> None:
-    images, method, adcc = summary["images"], summary["settings"]["method"], summary["adcc"] or {}
-    facts = [
-        ("model", summary["settings"]["model"]["model"]),
-        (
-            "method",
-            f"ViT-ReciproCAM {method['variant']}: block {method['target_block']}, skip {method['skip']}, "
-            f"{method['score']}, {method['kernel']} kernel, {summary['settings']['engine']} engine",
-        ),
-        ("images", f"{images['ok']} explained, {images['error']} failed, {images['skipped']} resumed"),
-        ("device", f"{summary['device']} {summary['precision']}"),
-        ("time", f"{summary['wall_seconds']:.1f} s, {summary['images_per_second']:.2f} images/s"),
-    ]
-    columns = ["method", "images", *(name for name in METRICS if name in adcc)]
-    row = [method["variant"], str(images["ok"]), *(f"{adcc[name]:.4f}" for name in columns[2:])]
-    notes = (
-        [ADCC_DEFINITION]
-        if adcc
-        else ["ADCC was not computed (--no-adcc): the gallery is sorted by probability."]
-    )
-    if images["skipped"]:
-        notes.append("The gallery shows images explained in this run; resumed images are in results.jsonl.")
-    write_report(path, "vitcam explain", facts, columns, [row], gallery.cards(), gallery.offered, notes)
-
-
 def run_explain(options: ExplainOptions, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
-    """Explain every input image; return the exit code (0 all ok, 1 some failed, 130 interrupted)."""
+    """Explain every input image; return the exit code (0 all ok, 1 some failed, 130 interrupted).
+
+    Under torchrun every rank explains its own shard on its own device, and rank 0 merges the shards
+    once all have finished.
+    """
+    ranked = torchrun_rank()
+    if ranked is None:
+        return _explain_shard(options, stdin, stdout)
+    if options.shard is not None:
+        raise VitcamError("--shard splits a run by hand; under torchrun every rank takes its shard itself")
+    rank, world, local_rank = ranked
+    device = rank_device(resolve_device(options.device), local_rank)
+    mine = replace(options, shard=Shard(rank, world), device=str(device), quiet=options.quiet or rank > 0)
+    with process_group(device):
+        code = _explain_shard(mine, stdin, stdout)
+        dist.barrier()  # every shard's files are complete
+        if rank == 0:
+            summary = merge_shards([options.out], options.out)
+            Console(stderr=True, quiet=options.quiet).print(summary_table(summary))
+            code = EXIT_SOME_FAILED if summary["images"]["error"] else EXIT_OK
+        dist.barrier()
+    return code
+
+
+def _explain_shard(options: ExplainOptions, stdin: TextIO | None, stdout: TextIO | None) -> int:
+    """One process's run: every image, or the images of ``options.shard``."""
     started = time.perf_counter()
     stdout = stdout or sys.stdout
     console = Console(stderr=True, quiet=options.quiet)
@@ -318,6 +340,10 @@ def run_explain(options: ExplainOptions, stdin: TextIO | None = None, stdout: Te
     if not items:
         where = ", ".join(options.inputs) or options.files_from
         raise VitcamError(f"no images found in {where} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    shard = options.shard
+    part = shard.suffix if shard else ""
+    if shard:
+        items = shard.take(items)
 
     loaded: LoadedModel = options.model.load(device)
     request = _target_request(options, loaded.class_names)
@@ -344,7 +370,7 @@ def run_explain(options: ExplainOptions, stdin: TextIO | None = None, stdout: Te
         "batch_size": options.batch_size,
         "mask_batch": options.mask_batch or "auto",
     }
-    _prepare_out(options.out, settings, options.skip_existing)
+    _prepare_out(options.out, settings, options.skip_existing, f"summary{part}.json")
     summary: dict[str, Any] = {
         "tool": "vitcam explain",
         "status": "running",
@@ -354,10 +380,11 @@ def run_explain(options: ExplainOptions, stdin: TextIO | None = None, stdout: Te
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "precision": options.precision,
         "out": str(options.out),
+        "shard": f"{shard.index}/{shard.count}" if shard else None,
     }
-    write_json_atomic(options.out / "summary.json", summary)
+    write_json_atomic(options.out / f"summary{part}.json", summary)
 
-    manifest = Manifest(options.out, resume=options.skip_existing, needs_map=options.save_maps)
+    manifest = Manifest(options.out, resume=options.skip_existing, needs_map=options.save_maps, part=part)
     todo = [item for item in items if str(item.path) not in manifest.done]
     progress = _progress(console, disabled=options.quiet or not console.is_terminal)
     task = progress.add_task("explain", total=len(todo), rate="")
@@ -387,8 +414,16 @@ def run_explain(options: ExplainOptions, stdin: TextIO | None = None, stdout: Te
     except KeyboardInterrupt:
         status = "interrupted"
         writer.drain()
-    finally:
-        counts: Counts = manifest.finish()
+    except OSError as error:  # out of disk space, the folder removed or made read-only mid-run
+        writer.abandon()
+        with contextlib.suppress(OSError):
+            manifest.close()
+        raise VitcamError(
+            f"--out {options.out}: writing failed ({error.strerror or error}); the images finished before "
+            f"are intact in {manifest.jsonl.name}: free space or fix the folder, then rerun with "
+            "--skip-existing"
+        ) from error
+    counts: Counts = manifest.finish(csv_too=shard is None)
     elapsed = time.perf_counter() - started
     summary.update(
         status=status,
@@ -403,12 +438,15 @@ def run_explain(options: ExplainOptions, stdin: TextIO | None = None, stdout: Te
         wall_seconds=round(elapsed, 3),
         images_per_second=round(len(todo) / elapsed, 3) if elapsed > 0 else 0.0,
         adcc=counts.metrics or None,
+        mask_batch_reductions=explainer.engine.reductions,
     )
-    write_json_atomic(options.out / "summary.json", summary)
-    _write_report(options.out / "report.html", summary, writer.gallery)
-    console.print(_summary_table(summary))
+    write_json_atomic(options.out / f"summary{part}.json", summary)
+    if shard is None:  # a shard's report comes with the merge
+        write_explain_report(options.out / "report.html", summary, writer.gallery)
+    console.print(summary_table(summary))
     if status == "interrupted":
-        console.print("[yellow]interrupted[/]: rerun the same command with --skip-existing to resume")
+        # even with --quiet: the one line that says how to get the rest
+        print("interrupted: rerun the same command with --skip-existing to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_SOME_FAILED if counts.images_error else EXIT_OK
 
@@ -448,14 +486,14 @@ def _explain_items(
         class_ranks = ranks(result.logits, result.classes).cpu()
         classes = result.classes.cpu()
         maps = result.maps.cpu()
+        logits = result.logits.cpu()
         for row_index, item in enumerate(batch_items):
             for index in [i for i in failures if i < batch.indices[row_index]]:  # keep input order
                 writer.submit_rows([_error_row(items[index], failures.pop(index))])
             original = batch.originals[row_index].numpy()
-            if not torch.isfinite(maps[row_index]).all():
-                writer.submit_rows(
-                    [_error_row(item, "non-finite saliency scores (overflow or a broken model)")]
-                )
+            problem = _non_finite(logits[row_index], maps[row_index], options.precision)
+            if problem:
+                writer.submit_rows([_error_row(item, problem)])
                 continue
             height, width = original.shape[:2]
             box: View | None = model_view(loaded.transform, width, height)

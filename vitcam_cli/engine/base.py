@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from vitcam_cli.engine.geometry import TokenLayout, Trace
 from vitcam_cli.engine.scoring import auto_mask_batch, class_scores
+from vitcam_cli.errors import VitcamError
 
 SKIPS = ("ln", "masked-input", "input")
 
@@ -44,6 +45,7 @@ class MaskedEngine(ABC):
         self.score = score
         self.mask_batch = mask_batch
         self.device = next(model.parameters()).device
+        self.reductions: list[dict[str, int]] = []  # chunk sizes given up after out-of-memory errors
 
     @property
     @abstractmethod
@@ -57,6 +59,20 @@ class MaskedEngine(ABC):
     @abstractmethod
     def chunk_logits(self, traced: Trace, state: Any, image: Tensor, position: Tensor) -> Tensor:
         """Logits (n, C) of the copies of images ``image`` (n,) masked at grid ``position`` (n,)."""
+
+    def _smaller_chunk(self, step: int) -> int:
+        """After an out-of-memory error: halve the chunk for this and every later batch, once per size."""
+        if step <= 1:
+            raise VitcamError(
+                "out of memory with a single masked sequence per chunk: use a smaller --batch-size, "
+                "--precision bf16, or a device with more memory"
+            )
+        smaller = step // 2
+        self.reductions.append({"from": step, "to": smaller})
+        self.mask_batch = smaller
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return smaller
 
     def chunk_size(self, dtype: torch.dtype) -> int:
         if self.mask_batch:
@@ -73,11 +89,16 @@ class MaskedEngine(ABC):
         state = self.prepare(traced)
         total = batch * num_masks
         scores = torch.empty(total, classes.shape[1], dtype=torch.float32, device=x.device)
-        step = self.chunk_size(x.dtype)
-        for begin in range(0, total, step):
+        step, begin = self.chunk_size(x.dtype), 0
+        while begin < total:
             flat = torch.arange(begin, min(total, begin + step), device=x.device)
             image, position = flat // num_masks, flat % num_masks
-            logits = self.chunk_logits(traced, state, image, position)
+            try:
+                logits = self.chunk_logits(traced, state, image, position)
+            except torch.OutOfMemoryError:
+                step = self._smaller_chunk(step)
+                continue
             scores[begin : begin + flat.numel()] = class_scores(logits, classes[image], self.score)
+            begin += flat.numel()
         rows, cols = self.layout.grid
         return scores.view(batch, num_masks, -1).permute(0, 2, 1).reshape(batch, -1, rows, cols)

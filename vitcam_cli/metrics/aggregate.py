@@ -29,6 +29,22 @@ class Totals:
             self.sums[name] = self.sums.get(name, 0.0) + total
             self.counts[name] = self.counts.get(name, 0) + count
 
+    def merge(self, other: Totals) -> None:
+        """Add another process's sums: the dataset means then cover both."""
+        for name, total in other.sums.items():
+            self.sums[name] = self.sums.get(name, 0.0) + total
+            self.counts[name] = self.counts.get(name, 0) + other.counts[name]
+
+    def state(self) -> dict[str, dict[str, float]]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, dict[str, float]]) -> Totals:
+        totals = cls()
+        totals.sums = {name: float(value) for name, value in state["sums"].items()}
+        totals.counts = {name: int(value) for name, value in state["counts"].items()}
+        return totals
+
     def means(self) -> dict[str, float]:
         """Mean of every metric; ``adcc`` combines the averaged parts, ``adcc_mean`` averages the images'."""
         mean = {name: self.sums[name] / self.counts[name] for name in self.sums if self.counts[name]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,9 +61,10 @@ class Manifest:
     whole images only (at most a torn final line, which resuming drops).
     """
 
-    def __init__(self, out: Path, resume: bool, needs_map: bool) -> None:
+    def __init__(self, out: Path, resume: bool, needs_map: bool, part: str = "") -> None:
+        """``part`` names a shard's own files (``results.shard-0-of-4.jsonl``); empty for a whole run."""
         self.out = out
-        self.jsonl = out / "results.jsonl"
+        self.jsonl = out / f"results{part}.jsonl"
         self.csv = out / "results.csv"
         self.done: set[str] = self._recover(needs_map) if resume else set()
         if not resume:
@@ -97,30 +98,47 @@ class Manifest:
         self.handle.flush()
 
     def close(self) -> None:
-        self.handle.close()
+        if not self.handle.closed:
+            self.handle.close()
 
-    def finish(self) -> Counts:
-        """Close the JSONL, write results.csv from it (streamed), and count what the folder holds."""
+    def finish(self, csv_too: bool = True) -> Counts:
+        """Close the JSONL, count what it holds and, unless a shard's, write results.csv from it."""
         self.close()
-        counts = Counts()
-        image_ok: dict[str, bool] = {}
-        totals = Totals()
+        if not csv_too:
+            counts = Counts()
+            for _ in tally(read_rows(self.jsonl), counts):
+                pass
+            return counts
+        return write_results_csv(self.csv, read_rows(self.jsonl))
 
-        def write_csv(handle: Any) -> None:
-            text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
-            writer = csv.DictWriter(text, fieldnames=ROW_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            for row in read_rows(self.jsonl):
-                counts.rows += 1
-                image_ok[row["path"]] = image_ok.get(row["path"], True) and row.get("status") == "ok"
-                if row.get("status") == "ok":
-                    totals.add({name: row.get(name) for name in PARTS})
-                writer.writerow({key: "" if row.get(key) is None else row[key] for key in ROW_FIELDS})
-            text.flush()
-            text.detach()
 
-        write_atomic(self.csv, write_csv)
-        counts.images_ok = sum(image_ok.values())
-        counts.images_error = len(image_ok) - counts.images_ok
-        counts.metrics = totals.means()
-        return counts
+def tally(rows: Iterable[dict[str, Any]], counts: Counts) -> Iterator[dict[str, Any]]:
+    """Pass ``rows`` through, counting images and rows and summing the ADCC parts into ``counts``."""
+    image_ok: dict[str, bool] = {}
+    totals = Totals()
+    for row in rows:
+        counts.rows += 1
+        image_ok[row["path"]] = image_ok.get(row["path"], True) and row.get("status") == "ok"
+        if row.get("status") == "ok":
+            totals.add({name: row.get(name) for name in PARTS})
+        yield row
+    counts.images_ok = sum(image_ok.values())
+    counts.images_error = len(image_ok) - counts.images_ok
+    counts.metrics = totals.means()
+
+
+def write_results_csv(path: Path, rows: Iterable[dict[str, Any]]) -> Counts:
+    """results.csv from rows (streamed, atomic); returns their counts."""
+    counts = Counts()
+
+    def write_csv(handle: Any) -> None:
+        text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+        writer = csv.DictWriter(text, fieldnames=ROW_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in tally(rows, counts):
+            writer.writerow({key: "" if row.get(key) is None else row[key] for key in ROW_FIELDS})
+        text.flush()
+        text.detach()
+
+    write_atomic(path, write_csv)
+    return counts

@@ -15,11 +15,14 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
 
+from vitcam_cli.metrics.adcc import ADCC_DEFINITION
+from vitcam_cli.metrics.aggregate import METRICS
 from vitcam_cli.outputs.atomic import write_atomic
 
 # panel metrics in display order; names not listed here follow alphabetically
@@ -51,6 +54,21 @@ class Card:
     title: str  # the image path as the user gave it
     label: str | None  # the ground-truth class name, when known
     panels: list[Panel]
+
+
+def card_to_dict(card: Card) -> dict[str, Any]:
+    """A card as JSON-ready data (thumbnails in base64): how shards hand their galleries to a merge."""
+    panels = [
+        {**panel.__dict__, "thumbnail": base64.b64encode(panel.thumbnail).decode()} for panel in card.panels
+    ]
+    return {"title": card.title, "label": card.label, "panels": panels}
+
+
+def card_from_dict(data: dict[str, Any]) -> Card:
+    panels = [
+        Panel(**{**panel, "thumbnail": base64.b64decode(panel["thumbnail"])}) for panel in data["panels"]
+    ]
+    return Card(data["title"], data["label"], panels)
 
 
 def thumbnail(image: np.ndarray, max_side: int = 192) -> bytes:
@@ -336,3 +354,29 @@ _SCRIPT = """
   });
 })();
 """
+
+
+def write_explain_report(path: Path, summary: dict[str, Any], gallery: Gallery) -> None:
+    """The report of a ``vitcam explain`` run (or of its merged shards), from its summary.json."""
+    images, method, adcc = summary["images"], summary["settings"]["method"], summary["adcc"] or {}
+    facts = [
+        ("model", summary["settings"]["model"]["model"]),
+        (
+            "method",
+            f"ViT-ReciproCAM {method['variant']}: block {method['target_block']}, skip {method['skip']}, "
+            f"{method['score']}, {method['kernel']} kernel, {summary['settings']['engine']} engine",
+        ),
+        ("images", f"{images['ok']} explained, {images['error']} failed, {images['skipped']} resumed"),
+        ("device", f"{summary['device']} {summary['precision']}"),
+        ("time", f"{summary['wall_seconds']:.1f} s, {summary['images_per_second']:.2f} images/s"),
+    ]
+    columns = ["method", "images", *(name for name in METRICS if name in adcc)]
+    row = [method["variant"], str(images["ok"]), *(f"{adcc[name]:.4f}" for name in columns[2:])]
+    notes = (
+        [ADCC_DEFINITION]
+        if adcc
+        else ["ADCC was not computed (--no-adcc): the gallery is sorted by probability."]
+    )
+    if images["skipped"]:
+        notes.append("The gallery shows images explained in this run; resumed images are in results.jsonl.")
+    write_report(path, "vitcam explain", facts, columns, [row], gallery.cards(), gallery.offered, notes)

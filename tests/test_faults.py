@@ -1,0 +1,166 @@
+"""Faults: a killed run, Ctrl-C, a full disk, non-finite scores, out-of-memory chunks."""
+
+from __future__ import annotations
+
+import errno
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import noise
+from tests.test_cli import VITCAM, explain, rows_of
+from tests.test_distributed import assert_same_rows
+
+SLOW = ["--model", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "112", "--engine", "dense",
+        "-b", "1", "--workers", "0", "-q"]  # fmt: skip
+
+
+@pytest.fixture
+def many(tmp_path: Path) -> Path:
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(60):
+        Image.fromarray(noise(120, 160, seed=500 + i)).save(root / f"{i:03d}.png")
+    return root
+
+
+def start(folder: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([*VITCAM, "explain", str(folder), "-o", str(out), *SLOW],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_for_rows(out: Path, count: int, process: subprocess.Popen) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        jsonl = out / "results.jsonl"
+        if jsonl.exists() and jsonl.read_text().count("\n") >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run finished or stalled before it could be interrupted")
+
+
+def finish(folder: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*VITCAM, "explain", str(folder), "-o", str(out), *SLOW, "--skip-existing"],
+                          capture_output=True, text=True)  # fmt: skip
+
+
+def assert_outputs_whole(out: Path) -> None:
+    lines = (out / "results.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]  # every line parses: no torn line survives
+    assert len({row["path"] for row in rows}) == len(rows)  # no duplicated image
+    for row in rows:
+        with Image.open(out / row["overlay"]) as image:
+            image.verify()
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(many, tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert subprocess.run([*VITCAM, "explain", str(many), "-o", str(reference), *SLOW]).returncode == 0
+    process = start(many, killed)
+    wait_for_rows(killed, 5, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    done_before = (killed / "results.jsonl").read_text().count("\n")
+    assert done_before < 60
+    result = finish(many, killed)
+    assert result.returncode == 0, result.stderr
+    assert_outputs_whole(killed)
+    assert_same_rows(rows_of(killed), rows_of(reference))
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["images"]["skipped"] >= 5 and summary["images"]["ok"] == 60
+    reference_adcc = json.loads((reference / "summary.json").read_text())["adcc"]
+    assert summary["adcc"]["adcc"] == pytest.approx(reference_adcc["adcc"], abs=1e-5)
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(many, tmp_path):
+    out = tmp_path / "out"
+    process = start(many, out)
+    wait_for_rows(out, 3, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "--skip-existing" in stderr and "Traceback" not in stderr
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    assert_outputs_whole(out)
+    result = finish(many, out)
+    assert result.returncode == 0, result.stderr
+    assert len(rows_of(out)) == 60
+
+
+def test_full_disk_is_one_clear_error_and_keeps_what_was_written(tiny_model, many, tmp_path, monkeypatch):
+    import vitcam_cli.pipeline as pipeline
+
+    real = pipeline.write_atomic
+    calls = {"n": 0}
+
+    def filling_up(path, write):
+        calls["n"] += 1
+        if calls["n"] > 8:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, write)
+
+    monkeypatch.setattr(pipeline, "write_atomic", filling_up)
+    out = tmp_path / "out"
+    code, _, stderr = explain(tiny_model, str(many), "-o", str(out), "-b", "4")
+    assert code == 2
+    assert stderr.count("\n") == 1 and "No space left on device" in stderr and "--skip-existing" in stderr
+    assert 0 < len(rows_of(out)) < 60
+    assert_outputs_whole(out)
+    monkeypatch.setattr(pipeline, "write_atomic", real)
+    code, _, stderr = explain(tiny_model, str(many), "-o", str(out), "--skip-existing")
+    assert code == 0, stderr
+    assert len(rows_of(out)) == 60
+
+
+def test_non_finite_scores_are_error_rows_not_nan_maps(tiny_model, small_folder, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(tiny_model / "model.safetensors")
+    weights["head.bias"] = torch.full_like(weights["head.bias"], float("nan"))
+    broken = tmp_path / "broken.safetensors"
+    save_file(weights, broken)
+    out = tmp_path / "out"
+    code, _, _ = explain(
+        tiny_model, str(small_folder), "-o", str(out), "--checkpoint", str(broken), "--save-maps"
+    )
+    assert code == 1
+    rows = rows_of(out)
+    assert rows and all(row["status"] == "error" and "non-finite" in row["error"] for row in rows)
+    assert not (out / "maps").exists() and not (out / "overlays").exists()
+
+
+def test_out_of_memory_chunks_are_retried_smaller(tiny_model, small_folder, tmp_path, monkeypatch):
+    from vitcam_cli.engine.compressed import CompressedEngine
+
+    reference = tmp_path / "reference"
+    assert (
+        explain(tiny_model, str(small_folder), "-o", str(reference), "--save-maps", "--mask-batch", "16")[0]
+        == 0
+    )
+    real = CompressedEngine.chunk_logits
+
+    def tight(self, traced, state, image, position):
+        if image.numel() > 5:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, traced, state, image, position)
+
+    monkeypatch.setattr(CompressedEngine, "chunk_logits", tight)
+    out = tmp_path / "out"
+    code, _, stderr = explain(
+        tiny_model, str(small_folder), "-o", str(out), "--save-maps", "--mask-batch", "16"
+    )
+    assert code == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mask_batch_reductions"] == [{"from": 16, "to": 8}, {"from": 8, "to": 4}]
+    np.testing.assert_allclose(
+        np.load(out / "maps/a.npy"), np.load(reference / "maps/a.npy"), rtol=1e-5, atol=1e-7
+    )

@@ -1,0 +1,116 @@
+"""Splitting one run over processes: ``--shard I/N`` by hand, or one shard per rank under torchrun.
+
+Every shard takes a disjoint, deterministic slice of the sorted inputs (every N-th image, starting at
+I) and writes its own part files into the output folder; ``vitcam merge`` (or rank 0, under torchrun)
+combines them once all shards have finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from vitcam_cli.errors import VitcamError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int
+
+    @property
+    def suffix(self) -> str:
+        """What shard part files add to their names: ``results.shard-0-of-4.jsonl``."""
+        return f".shard-{self.index}-of-{self.count}"
+
+    def take(self, items: Sequence[T]) -> list[T]:
+        return list(items[self.index :: self.count])
+
+
+def parse_shard(value: str) -> Shard:
+    """``I/N`` with 0 <= I < N."""
+    try:
+        index, count = (int(part) for part in value.split("/"))
+    except ValueError:
+        index = count = -1
+    if not 0 <= index < count:
+        raise VitcamError(f"--shard {value}: use I/N with 0 <= I < N, e.g. --shard 0/4 ... --shard 3/4")
+    return Shard(index, count)
+
+
+def torchrun_rank() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when started by torchrun with more than one process, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+@contextmanager
+def process_group(device: torch.device) -> Iterator[None]:
+    """torch.distributed for the run: NCCL between GPUs, gloo on CPUs; torn down afterwards."""
+    if dist.is_initialized():
+        yield
+        return
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def rank_device(device: torch.device, local_rank: int) -> torch.device:
+    """Under torchrun each rank takes its own GPU (``cuda:LOCAL_RANK``); CPU ranks share the CPU."""
+    return torch.device("cuda", local_rank) if device.type == "cuda" else device
+
+
+def collect_shards(
+    folders: Sequence[Path], stem: str, run_settings: Callable[[dict[str, Any]], dict[str, Any]]
+) -> list[tuple[Path, dict[str, Any]]]:
+    """(folder, data) of every shard's ``<stem>.shard-I-of-N.json``, in shard order.
+
+    One clear error when a shard is missing, appears twice or is unfinished, when the folders mix runs
+    of different N, or when a shard's ``run_settings`` differ from shard 0's.
+    """
+    found: dict[int, tuple[Path, dict[str, Any]]] = {}
+    sizes = set()
+    for folder in folders:
+        for path in sorted(folder.glob(f"{stem}.shard-*-of-*.json")):
+            index, count = (int(v) for v in path.name.split(".shard-")[1].removesuffix(".json").split("-of-"))
+            sizes.add(count)
+            if index in found:
+                raise VitcamError(f"shard {index}/{count} appears twice ({found[index][0]} and {folder})")
+            found[index] = (folder, json.loads(path.read_text()))
+    if not found:
+        where = ", ".join(map(str, folders))
+        raise VitcamError(f"{where}: no shard summaries ({stem}.shard-I-of-N.json) to merge")
+    if len(sizes) != 1:
+        raise VitcamError(
+            f"the folders hold shards of different runs (N = {', '.join(map(str, sorted(sizes)))})"
+        )
+    count = sizes.pop()
+    missing = ", ".join(str(i) for i in range(count) if i not in found)
+    if missing:
+        raise VitcamError(f"shards {missing} of {count} are missing: run them (--shard I/{count}) first")
+    shards = [found[i] for i in range(count)]
+    reference = run_settings(shards[0][1])
+    for index, (folder, data) in enumerate(shards):
+        if data.get("status") != "complete":
+            raise VitcamError(
+                f"shard {index}/{count} in {folder} is {data.get('status')}: rerun it with --skip-existing"
+            )
+        settings = run_settings(data)
+        different = ", ".join(key for key in reference if settings.get(key) != reference[key])
+        if different:
+            raise VitcamError(f"shard {index}/{count} used other {different} settings than shard 0")
+    return shards

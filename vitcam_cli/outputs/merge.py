@@ -1,0 +1,107 @@
+"""Combining the part files of a sharded ``vitcam explain`` run into one output folder.
+
+Each shard leaves ``results.shard-I-of-N.jsonl`` and ``summary.shard-I-of-N.json``. Merging checks
+that all N shards of one run are there and finished with the same settings, then writes the whole
+run's results.jsonl and results.csv (rows sorted by path), summary.json and report.html. Shards may
+have written to different folders (separate machines): overlay and map paths are rewritten relative
+to the merged folder, nothing is copied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vitcam_cli.distributed import collect_shards
+from vitcam_cli.metrics.adcc import PARTS
+from vitcam_cli.outputs.atomic import write_atomic, write_json_atomic
+from vitcam_cli.outputs.manifest import Counts, read_rows, write_results_csv
+from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail, write_explain_report
+
+# settings every shard of one run must share
+SHARED_SETTINGS = ("model", "method", "targets", "colormap", "alpha", "save_maps")
+
+
+def find_shards(folders: Sequence[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """(folder, shard summary) of every shard of one explain run, in shard order."""
+    return collect_shards(
+        folders, "summary", lambda s: {key: s["settings"].get(key) for key in SHARED_SETTINGS}
+    )
+
+
+def _rebased(row: dict[str, Any], folder: Path, destination: Path) -> dict[str, Any]:
+    if folder.resolve() == destination.resolve():
+        return row
+    for key in ("overlay", "map"):
+        if row.get(key):
+            row[key] = Path(os.path.relpath(folder / row[key], destination)).as_posix()
+    return row
+
+
+def merge_shards(folders: Sequence[Path], destination: Path) -> dict[str, Any]:
+    """Merge every shard found in ``folders`` into ``destination``; returns the merged summary."""
+    shards = find_shards(folders)
+    count = len(shards)
+    rows = []
+    for index, (folder, _) in enumerate(shards):
+        part = folder / f"results.shard-{index}-of-{count}.jsonl"
+        rows += [_rebased(row, folder, destination) for row in read_rows(part)]
+    rows.sort(key=lambda row: row["path"])  # stable: an image's classes keep their order
+    destination.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    write_atomic(destination / "results.jsonl", lambda handle: handle.write(text.encode()))
+    counts: Counts = write_results_csv(destination / "results.csv", rows)
+    first = shards[0][1]
+    images = {key: sum(s["images"][key] for _, s in shards) for key in ("skipped", "total")}
+    wall = max(s["wall_seconds"] for _, s in shards)
+    summary = {
+        **{k: v for k, v in first.items() if k not in ("shard", "out")},
+        "status": "complete",
+        "started": min(s["started"] for _, s in shards),
+        "finished": max(s["finished"] for _, s in shards),
+        "out": str(destination),
+        "images": {"ok": counts.images_ok, "error": counts.images_error, **images},
+        "rows": counts.rows,
+        "wall_seconds": wall,
+        "images_per_second": round((images["total"] - images["skipped"]) / wall, 3) if wall else 0.0,
+        "adcc": counts.metrics or None,
+        "shards": [
+            {
+                "shard": f"{i}/{count}",
+                "folder": str(folder),
+                "device": s["device"],
+                "wall_seconds": s["wall_seconds"],
+            }
+            for i, (folder, s) in enumerate(shards)
+        ],
+    }
+    write_json_atomic(destination / "summary.json", summary)
+    gallery = _gallery(rows, destination, summary["settings"]["method"]["variant"])
+    write_explain_report(destination / "report.html", summary, gallery)
+    return summary
+
+
+def _gallery(rows: list[dict[str, Any]], destination: Path, method: str) -> Gallery:
+    """The report's worst and best rows by ADCC, thumbnails read back from the overlays on disk."""
+    gallery = Gallery(limit=100)
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+
+        def card(row: dict[str, Any] = row) -> Card:
+            with Image.open(destination / row["overlay"]) as image:
+                pixels = np.asarray(image.convert("RGB"))
+            metrics = {name: row[name] for name in PARTS if row.get(name) is not None}
+            panel = Panel(
+                method, thumbnail(pixels), row["overlay"], row["class_name"], row["probability"], metrics
+            )
+            return Card(row["path"], None, [panel])
+
+        gallery.offer(float(row["adcc"] if row.get("adcc") is not None else row["probability"]), card)
+    return gallery
