@@ -24,7 +24,7 @@ def test_bench_table_with_overrides_and_dense_engine(tiny_model):
     args = ("--variant", "otx", "--target-block", "-2", "--engine", "dense", "--repeat", "1", "-b", "1")
     code, stdout, stderr = run("bench", "--model", f"local-dir:{tiny_model}", *args)
     assert code == 0, stderr
-    assert "forward" in stdout and "otx (block -2, ln," in stdout and "dense" in stdout
+    assert "forward" in stdout and "otx (block -2, skip ln," in stdout and "dense" in stdout
 
 
 def test_bench_errors(tiny_model):
@@ -43,4 +43,6 @@ def test_bench_adcc_cost(tiny_model):
     )  # fmt: skip
     assert code == 0, stderr
     run_ = json.loads(stdout)["runs"][0]
-    assert run_["adcc_cost_ratio"] > 1 and run_["explain_with_adcc_images_per_s"] > 0
+    assert (
+        run_["adcc_cost_ratio"] > 0 and run_["explain_with_adcc_images_per_s"] > 0
+    )  # figures, not a timing test

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import timm
@@ -16,10 +17,13 @@ from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM, ReciproCAMSetting
 GAUSSIAN = [[1 / 16, 1 / 8, 1 / 16], [1 / 8, 1 / 4, 1 / 8], [1 / 16, 1 / 8, 1 / 16]]
 
 
-def naive_reciprocam(model, image, target, settings: ReciproCAMSettings) -> torch.Tensor:
-    """Textbook ViT-ReciproCAM for a timm VisionTransformer: a Python loop over grid positions."""
+def naive_scores(model, image, target, settings: ReciproCAMSettings, block_offset: int = 0):
+    """Textbook ViT-ReciproCAM for a timm VisionTransformer: a Python loop over grid positions.
+
+    Returns the (rows, cols) map and the score of the copy with every patch token masked out.
+    """
     depth = len(model.blocks)
-    t = settings.target_block % depth
+    t = settings.target_block % depth - block_offset
     x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(image))))
     for block in model.blocks[:t]:
         x = block(x)
@@ -27,17 +31,8 @@ def naive_reciprocam(model, image, target, settings: ReciproCAMSettings) -> torc
     features = block.norm1(x)
     prefix = model.num_prefix_tokens
     rows, cols = model.patch_embed.grid_size
-    saliency = torch.zeros(rows, cols)
-    for r, c in itertools.product(range(rows), range(cols)):
-        weight = torch.zeros(rows, cols)
-        for dr, dc in itertools.product((-1, 0, 1), repeat=2):
-            rr, cc = r + dr, c + dc
-            if 0 <= rr < rows and 0 <= cc < cols:
-                if settings.kernel == "gaussian":
-                    weight[rr, cc] = GAUSSIAN[dr + 1][dc + 1]
-                elif dr == 0 and dc == 0:
-                    weight[rr, cc] = 1.0
-        weight = weight.reshape(1, -1, 1)
+
+    def score_of(weight: torch.Tensor) -> float:
         masked = features.clone()
         masked[:, prefix:] = features[:, prefix:] * weight
         if settings.skip == "ln":
@@ -52,9 +47,33 @@ def naive_reciprocam(model, image, target, settings: ReciproCAMSettings) -> torc
         for later in model.blocks[t + 1 :]:
             y = later(y)
         logits = model.forward_head(model.norm(y))[0]
-        value = torch.softmax(logits, -1)[target] if settings.score == "softmax" else logits[target]
-        saliency[r, c] = value
-    return saliency
+        if settings.score == "softmax":
+            return float(torch.softmax(logits, -1)[target])
+        if settings.score == "logit":
+            return float(logits[target])
+        others = torch.cat([logits[:target], logits[target + 1 :]])
+        return float(logits[target] - torch.logsumexp(others, 0))
+
+    saliency = torch.zeros(rows, cols)
+    for r, c in itertools.product(range(rows), range(cols)):
+        weight = torch.zeros(rows, cols)
+        for dr, dc in itertools.product((-1, 0, 1), repeat=2):
+            rr, cc = r + dr, c + dc
+            if 0 <= rr < rows and 0 <= cc < cols:
+                if settings.kernel == "gaussian":
+                    weight[rr, cc] = GAUSSIAN[dr + 1][dc + 1]
+                elif dr == 0 and dc == 0:
+                    weight[rr, cc] = 1.0
+        saliency[r, c] = score_of(weight.reshape(1, -1, 1))
+    return saliency, score_of(torch.zeros(1, rows * cols, 1))
+
+
+def naive_reciprocam(model, image, target, settings: ReciproCAMSettings) -> torch.Tensor:
+    maps = []
+    for offset in range(settings.fuse):
+        saliency, empty = naive_scores(model, image, target, settings, offset)
+        maps.append((saliency - empty).clamp_min(0) if settings.subtract == "empty" else saliency)
+    return torch.stack(maps).mean(0)
 
 
 SETTINGS = [
@@ -200,3 +219,49 @@ def test_models_with_positional_blocks_fall_back_to_dense(name):
         ReciproCAM(model, layout, PRESETS["otx"], size, engine="fast")
     maps = explainer(torch.randn(1, *size), top1).maps
     assert maps.shape == (1, 1, *layout.grid) and torch.isfinite(maps).all() and maps.std() > 0
+
+
+REFINEMENTS = [
+    ReciproCAMSettings(target_block=block, skip=skip, score=score, subtract=subtract, fuse=fuse)
+    for block, skip in ((-1, "ln"), (-1, "input"), (-2, "masked-input"))
+    for score, subtract, fuse in (("contrast", "none", 1), ("softmax", "empty", 1), ("logit", "none", 2),
+                                  ("contrast", "empty", 2))
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ["dense", "fast"])
+@pytest.mark.parametrize("family", ["cls", "avg", "registers"])
+@pytest.mark.parametrize(
+    "settings", REFINEMENTS, ids=lambda s: f"{s.target_block}-{s.skip}-{s.score}-{s.subtract}-fuse{s.fuse}"
+)
+@torch.inference_mode()
+def test_refinements_equal_naive_reference(engine, family, settings):
+    model = tiny_vit(family)
+    layout = token_layout(model)
+    images = torch.randn(2, *input_size(model), generator=torch.Generator().manual_seed(7))
+    explainer = ReciproCAM(model, layout, settings, input_size(model), mask_batch=6, engine=engine)
+    result = explainer(images, top1)
+    for b in range(2):
+        expected = naive_reciprocam(model, images[b : b + 1], int(result.classes[b, 0]), settings)
+        torch.testing.assert_close(result.maps[b, 0], expected, rtol=1e-5, atol=1e-6)
+    assert result.maps.std() > 0
+
+
+def test_contrast_score_definition():
+    from vitcam_cli.engine.scoring import class_scores
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    scores = class_scores(logits, torch.tensor([[0, 2], [2, 1]]), "contrast")
+    expected = [[2 - math.log(math.exp(0) + math.exp(-1)), -1 - math.log(math.exp(2) + math.exp(0))],
+                [3 - math.log(2 * math.exp(0.5)), 0.5 - math.log(math.exp(0.5) + math.exp(3))]]  # fmt: skip
+    torch.testing.assert_close(scores, torch.tensor(expected))
+
+
+def test_refinement_options_are_checked():
+    with pytest.raises(VitcamError, match="--subtract"):
+        PRESETS["otx"].with_overrides(subtract="full")
+    with pytest.raises(VitcamError, match="--fuse-blocks"):
+        PRESETS["otx"].with_overrides(fuse=0)
+    model = tiny_vit("cls")
+    with pytest.raises(VitcamError, match="--fuse-blocks 5"):
+        ReciproCAM(model, token_layout(model), PRESETS["otx"].with_overrides(fuse=5), input_size(model))

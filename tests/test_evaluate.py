@@ -195,8 +195,54 @@ def test_method_names():
 
     assert canonical_name("reciprocam") == "reciprocam:official"
     assert canonical_name("ReciproCAM:otx:gaussian") == "reciprocam:otx"
-    assert canonical_name("reciprocam:openvino-xai:single") == "reciprocam:openvino-xai:single"
+    assert canonical_name("reciprocam:openvino-xai:single") == "reciprocam:openvino-xai:kernel=single"
+    assert (
+        canonical_name("reciprocam:otx:fuse=2,score=contrast,skip=ln")
+        == "reciprocam:otx:score=contrast,fuse=2"
+    )
     assert canonical_name("rollout") == "rollout"
-    for bad in ("reciprocam:fast", "reciprocam:otx:box", "gradcam:x", "saliency"):
+    bad_names = (
+        "reciprocam:fast",
+        "reciprocam:otx:box",
+        "reciprocam:otx:fuse=two",
+        "reciprocam:otx:colour=red",
+    )
+    for bad in (*bad_names, "gradcam:x", "saliency"):
         with pytest.raises(Exception, match="--methods"):
             canonical_name(bad)
+
+
+def test_bootstrap_intervals(tiny_model, labelled, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, stderr = evaluate(tiny_model, labelled, out, "--bootstrap", "200", "--markdown",
+                                    "--methods", "reciprocam,rollout")  # fmt: skip
+    assert code == 0, stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    for values in metrics["methods"].values():
+        for name, (low, high) in values["intervals"].items():
+            assert (low <= values[name] + 1e-9 and values[name] <= high + 1e-9) or name == "adcc", name
+            assert low <= high
+    assert " [" in stdout  # the markdown table shows the intervals
+
+
+def test_bootstrap_matches_a_plain_resampling():
+    import numpy as np
+
+    from vitcam_cli.metrics.aggregate import bootstrap_intervals
+
+    rng = np.random.default_rng(0)
+    values = {
+        name: rng.uniform(0.1, 0.9, 50) for name in ("average_drop", "coherency", "complexity", "increase")
+    }
+    values["adcc"] = 3 / (
+        1 / values["coherency"] + 1 / (1 - values["complexity"]) + 1 / (1 - values["average_drop"])
+    )
+    intervals = bootstrap_intervals(values, 500, seed=3)
+    picks = np.random.default_rng(3).integers(0, 50, size=(500, 50))
+    means = values["coherency"][picks].mean(1)
+    assert intervals["coherency"] == pytest.approx((np.percentile(means, 2.5), np.percentile(means, 97.5)))
+    d, c, x = (values[name][picks].mean(1) for name in ("average_drop", "coherency", "complexity"))
+    combined = 3 / (1 / c + 1 / (1 - x) + 1 / (1 - d))
+    assert intervals["adcc"] == pytest.approx(
+        (np.percentile(combined, 2.5), np.percentile(combined, 97.5)), rel=1e-5
+    )

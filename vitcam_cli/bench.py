@@ -15,7 +15,7 @@ from rich.table import Table
 
 from vitcam_cli.errors import VitcamError
 from vitcam_cli.measure import MetricSettings, measure
-from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM
+from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM, describe
 from vitcam_cli.models import LoadedModel, ModelSpec
 from vitcam_cli.pipeline import library_versions
 from vitcam_cli.runtime import autocast, check_precision, resolve_device
@@ -25,10 +25,7 @@ from vitcam_cli.runtime import autocast, check_precision, resolve_device
 class BenchOptions:
     model: ModelSpec
     variants: list[str] = field(default_factory=lambda: list(PRESETS))
-    kernel: str | None = None
-    target_block: int | None = None
-    skip: str | None = None
-    score: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # explicit method options over the preset
     engine: str = "auto"
     mask_batch: int | None = None
     batch_size: int = 32
@@ -169,12 +166,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         forward_memory = memory.read_mb()
         runs = []
         for variant in options.variants:
-            settings = PRESETS[variant].with_overrides(
-                kernel=options.kernel,
-                target_block=options.target_block,
-                skip=options.skip,
-                score=options.score,
-            )
+            settings = PRESETS[variant].with_overrides(**options.overrides)
             explainer = ReciproCAM(
                 loaded.model, loaded.layout, settings, loaded.input_size, options.mask_batch, options.engine
             )
@@ -243,9 +235,7 @@ def bench_table(result: dict[str, Any]) -> Table:
     table.add_row("forward", "", f"{result['forward_images_per_s']:.2f}", "1.00",
                   f"{result['forward_peak_memory_mb']:.0f}")  # fmt: skip
     for run in result["runs"]:
-        name = (
-            f"{run['variant']} (block {run['target_block']}, {run['skip']}, {run['score']}, {run['kernel']})"
-        )
+        name = describe(run)
         cells = [name, run["engine"], f"{run['explain_images_per_s']:.2f}", f"{run['ratio']:.2f}",
                  f"{run['peak_memory_mb']:.0f}"]  # fmt: skip
         if with_adcc:

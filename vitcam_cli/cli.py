@@ -97,9 +97,26 @@ SkipOption = Annotated[
     ),
 ]  # fmt: skip
 ScoreOption = Annotated[
-    Literal["softmax", "logit"] | None,
+    Literal["softmax", "logit", "contrast"] | None,
     typer.Option(
-        help="Class score of each masked copy. (default: from --variant)",
+        help="Class score of each masked copy; contrast = the class logit minus the log-sum-exp of the other "
+        "classes. (default: from --variant)",
+        rich_help_panel=METHOD, show_default=False,
+    ),
+]  # fmt: skip
+SubtractOption = Annotated[
+    Literal["none", "empty"] | None,
+    typer.Option(
+        help="empty: subtract the score of the copy with every patch token masked out and keep the positive "
+        "part (only windows that raise the class count). (default: none)",
+        rich_help_panel=METHOD, show_default=False,
+    ),
+]  # fmt: skip
+FuseOption = Annotated[
+    int | None,
+    typer.Option(
+        "--fuse-blocks",
+        help="Average the maps of the target block and the N-1 blocks before it. (default: 1)",
         rich_help_panel=METHOD, show_default=False,
     ),
 ]  # fmt: skip
@@ -185,6 +202,20 @@ def _model_spec(
     return ModelSpec(model, checkpoint, pretrained, num_classes, _parse_img_size(img_size))
 
 
+def _overrides(
+    kernel: str | None,
+    target_block: int | None,
+    skip: str | None,
+    score: str | None,
+    subtract: str | None,
+    fuse: int | None,
+) -> dict[str, object]:
+    """The method options given explicitly: they win over the --variant preset."""
+    given = {"kernel": kernel, "target_block": target_block, "skip": skip, "score": score}
+    given |= {"subtract": subtract, "fuse": fuse}
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def _default_workers() -> int:
     return min(4, max(0, (os.cpu_count() or 1) - 1))
 
@@ -231,6 +262,8 @@ def explain(
     target_block: TargetBlockOption = None,
     skip: SkipOption = None,
     score: ScoreOption = None,
+    subtract: SubtractOption = None,
+    fuse_blocks: FuseOption = None,
     mask_batch: MaskBatchOption = None,
     engine: EngineOption = "auto",
     classes: Annotated[
@@ -321,10 +354,7 @@ def explain(
             files_from=files_from,
             model=_model_spec(model, checkpoint, pretrained, num_classes, img_size),
             variant=variant,
-            kernel=kernel,
-            target_block=target_block,
-            skip=skip,
-            score=score,
+            overrides=_overrides(kernel, target_block, skip, score, subtract, fuse_blocks),
             classes=list(classes or []),
             top_k=top_k,
             labels=labels,
@@ -412,6 +442,13 @@ def evaluate(
         Literal["blur", "zero"],
         typer.Option(help="What deleted pixels become: a blurred copy or zeros.", rich_help_panel="Metrics"),
     ] = "blur",
+    bootstrap: Annotated[
+        int,
+        typer.Option(
+            help="Add 95% bootstrap intervals (this many resamples of the images) to every metric.",
+            rich_help_panel="Metrics",
+        ),
+    ] = 0,
     fail_under: Annotated[
         float | None,
         typer.Option(
@@ -497,6 +534,7 @@ def evaluate(
             alpha=alpha,
             quiet=quiet,
             shard=parse_shard(shard) if shard else None,
+            bootstrap=bootstrap,
         )
         return run_evaluate(options)
 
@@ -523,13 +561,13 @@ def merge(
 
     from vitcam_cli.evaluate import merge_evaluation
     from vitcam_cli.outputs.merge import merge_shards
-    from vitcam_cli.pipeline import EXIT_OK, EXIT_SOME_FAILED, summary_table
+    from vitcam_cli.pipeline import EXIT_OK, EXIT_SOME_FAILED, summary_table, write_explain_report
 
     def action() -> int:
         destination = out or folders[0]
         if any(any(folder.glob("metrics.shard-*-of-*.json")) for folder in folders):
             return merge_evaluation(folders, destination, quiet, sys.stdout)
-        summary = merge_shards(folders, destination)
+        summary = merge_shards(folders, destination, write_explain_report)
         Console(stderr=True, quiet=quiet).print(summary_table(summary))
         return EXIT_SOME_FAILED if summary["images"]["error"] else EXIT_OK
 
@@ -553,6 +591,8 @@ def bench(
     target_block: TargetBlockOption = None,
     skip: SkipOption = None,
     score: ScoreOption = None,
+    subtract: SubtractOption = None,
+    fuse_blocks: FuseOption = None,
     mask_batch: MaskBatchOption = None,
     engine: EngineOption = "auto",
     batch_size: Annotated[
@@ -591,10 +631,7 @@ def bench(
         options = BenchOptions(
             model=_model_spec(model, checkpoint, pretrained, num_classes, img_size),
             variants=list(variants or PRESETS),
-            kernel=kernel,
-            target_block=target_block,
-            skip=skip,
-            score=score,
+            overrides=_overrides(kernel, target_block, skip, score, subtract, fuse_blocks),
             engine=engine,
             mask_batch=mask_batch,
             batch_size=batch_size,

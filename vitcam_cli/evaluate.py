@@ -43,7 +43,7 @@ from vitcam_cli.measure import MetricSettings, measure
 from vitcam_cli.methods.base import SaliencyMethod
 from vitcam_cli.methods.factory import canonical_name, create_method
 from vitcam_cli.metrics.adcc import ADCC_DEFINITION
-from vitcam_cli.metrics.aggregate import METRICS, Totals
+from vitcam_cli.metrics.aggregate import METRICS, Totals, bootstrap_intervals
 from vitcam_cli.metrics.insertion_deletion import BASELINES
 from vitcam_cli.metrics.localization import boxes_mask
 from vitcam_cli.models import LoadedModel, ModelSpec, resolve_class
@@ -100,6 +100,7 @@ class EvaluateOptions:
     alpha: float = 0.5
     quiet: bool = False
     shard: Shard | None = None
+    bootstrap: int = 0  # draws for 95% intervals (0: none)
 
 
 @dataclass
@@ -125,6 +126,8 @@ def _check(options: EvaluateOptions) -> None:
         raise VitcamError(f"--target {options.target}: use predicted or label")
     if options.baseline not in BASELINES:
         raise VitcamError(f"--baseline {options.baseline}: use {' or '.join(BASELINES)}")
+    if options.bootstrap < 0:
+        raise VitcamError("--bootstrap must be 0 (no intervals) or a number of resamples")
     if options.steps < 1:
         raise VitcamError("--steps must be at least 1")
     if options.limit is not None and options.limit < 1:
@@ -429,6 +432,7 @@ def _header(options: EvaluateOptions, loaded: LoadedModel, names: list[str], dev
         "gate": None
         if options.fail_under is None
         else {"metric": options.metric, "threshold": options.fail_under},
+        "bootstrap": options.bootstrap,
     }
 
 
@@ -520,6 +524,12 @@ def finish(out: Path, parts: list[Part], as_json: bool, markdown: bool, quiet: b
     if len(parts) > 1:
         _merge_rows(out, len(parts))
     metrics = _metrics(parts)
+    draws = parts[0].header.get("bootstrap", 0)
+    if draws:
+        for name, intervals in _intervals(
+            out / "per_image.csv", names, draws, parts[0].header["seed"]
+        ).items():
+            metrics["methods"][name]["intervals"] = intervals
     write_json_atomic(out / "metrics.json", metrics)
     gallery = Gallery(limit=GALLERY_LIMIT)
     for part in parts:
@@ -541,6 +551,25 @@ def finish(out: Path, parts: list[Part], as_json: bool, markdown: bool, quiet: b
         )
         return EXIT_SOME_FAILED
     return EXIT_SOME_FAILED if metrics["dataset"]["failed"] else EXIT_OK
+
+
+def _intervals(
+    per_image: Path, names: list[str], draws: int, seed: int
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """95% bootstrap intervals of each method's metrics, from its per-image values in per_image.csv."""
+    columns: dict[str, dict[str, list[float]]] = {name: {} for name in names}
+    with per_image.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["status"] != "ok":
+                continue
+            for metric in METRICS:
+                if row.get(metric):
+                    columns[row["method"]].setdefault(metric, []).append(float(row[metric]))
+    return {
+        name: bootstrap_intervals({k: np.array(v) for k, v in values.items()}, draws, seed)
+        for name, values in columns.items()
+        if values
+    }
 
 
 def _merge_rows(out: Path, count: int) -> None:
@@ -595,7 +624,13 @@ def markdown_table(metrics: dict[str, Any], names: list[str]) -> str:
     columns = _columns(metrics, names)
     lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name in names:
-        cells = (_cell(metrics["methods"][name].get(column)) for column in columns)
+        values = metrics["methods"][name]
+        intervals = values.get("intervals", {})
+        cells = (
+            _cell(values.get(column))
+            + (f" [{intervals[column][0]:.3f}, {intervals[column][1]:.3f}]" if column in intervals else "")
+            for column in columns
+        )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

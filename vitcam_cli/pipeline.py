@@ -38,14 +38,15 @@ from vitcam_cli.data import (
 from vitcam_cli.distributed import Shard, process_group, rank_device, torchrun_rank
 from vitcam_cli.errors import VitcamError
 from vitcam_cli.measure import MetricSettings, measure
-from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM
-from vitcam_cli.metrics.adcc import PARTS
+from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM, describe
+from vitcam_cli.metrics.adcc import ADCC_DEFINITION, PARTS
+from vitcam_cli.metrics.aggregate import METRICS
 from vitcam_cli.models import LoadedModel, ModelSpec, resolve_class
 from vitcam_cli.outputs.atomic import write_atomic, write_json_atomic
 from vitcam_cli.outputs.manifest import Counts, Manifest
 from vitcam_cli.outputs.merge import merge_shards
 from vitcam_cli.outputs.overlay import View, colormap_table, model_view, render_overlay
-from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail, write_explain_report
+from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail, write_report
 from vitcam_cli.runtime import autocast, check_precision, resolve_device
 from vitcam_cli.targets import TargetRequest, ranks
 
@@ -60,10 +61,7 @@ class ExplainOptions:
     model: ModelSpec
     files_from: str | None = None
     variant: str = "official"
-    kernel: str | None = None
-    target_block: int | None = None
-    skip: str | None = None
-    score: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # explicit method options over the preset
     classes: list[str] = field(default_factory=list)
     top_k: int | None = None
     labels: Path | None = None
@@ -289,16 +287,33 @@ def summary_table(summary: dict[str, Any]) -> Table:
         )
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s")
     table.add_row("images / s", f"{summary['images_per_second']:.2f}")
-    method = summary["settings"]["method"]
-    table.add_row(
-        "method",
-        f"{method['variant']} (block {method['target_block']}, skip {method['skip']}, "
-        f"{method['score']}, {method['kernel']})",
-    )
+    table.add_row("method", describe(summary["settings"]["method"]))
     table.add_row("engine", summary["settings"]["engine"])
     table.add_row("device", f"{summary['device']} {summary['precision']}")
     table.add_row("output", summary["out"])
     return table
+
+
+def write_explain_report(path: Path, summary: dict[str, Any], gallery: Gallery) -> None:
+    """The report of a ``vitcam explain`` run (or of its merged shards), from its summary.json."""
+    images, method, adcc = summary["images"], summary["settings"]["method"], summary["adcc"] or {}
+    facts = [
+        ("model", summary["settings"]["model"]["model"]),
+        ("method", f"ViT-ReciproCAM {describe(method)}, {summary['settings']['engine']} engine"),
+        ("images", f"{images['ok']} explained, {images['error']} failed, {images['skipped']} resumed"),
+        ("device", f"{summary['device']} {summary['precision']}"),
+        ("time", f"{summary['wall_seconds']:.1f} s, {summary['images_per_second']:.2f} images/s"),
+    ]
+    columns = ["method", "images", *(name for name in METRICS if name in adcc)]
+    row = [method["variant"], str(images["ok"]), *(f"{adcc[name]:.4f}" for name in columns[2:])]
+    notes = (
+        [ADCC_DEFINITION]
+        if adcc
+        else ["ADCC was not computed (--no-adcc): the gallery is sorted by probability."]
+    )
+    if images["skipped"]:
+        notes.append("The gallery shows images explained in this run; resumed images are in results.jsonl.")
+    write_report(path, "vitcam explain", facts, columns, [row], gallery.cards(), gallery.offered, notes)
 
 
 def run_explain(options: ExplainOptions, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
@@ -319,7 +334,7 @@ def run_explain(options: ExplainOptions, stdin: TextIO | None = None, stdout: Te
         code = _explain_shard(mine, stdin, stdout)
         dist.barrier()  # every shard's files are complete
         if rank == 0:
-            summary = merge_shards([options.out], options.out)
+            summary = merge_shards([options.out], options.out, write_explain_report)
             Console(stderr=True, quiet=options.quiet).print(summary_table(summary))
             code = EXIT_SOME_FAILED if summary["images"]["error"] else EXIT_OK
         dist.barrier()
@@ -352,9 +367,7 @@ def _explain_shard(options: ExplainOptions, stdin: TextIO | None, stdout: TextIO
         if options.labels
         else {}
     )
-    method = PRESETS[options.variant].with_overrides(
-        kernel=options.kernel, target_block=options.target_block, skip=options.skip, score=options.score
-    )
+    method = PRESETS[options.variant].with_overrides(**options.overrides)
     explainer = ReciproCAM(
         loaded.model, loaded.layout, method, loaded.input_size, options.mask_batch, options.engine
     )
@@ -438,7 +451,7 @@ def _explain_shard(options: ExplainOptions, stdin: TextIO | None, stdout: TextIO
         wall_seconds=round(elapsed, 3),
         images_per_second=round(len(todo) / elapsed, 3) if elapsed > 0 else 0.0,
         adcc=counts.metrics or None,
-        mask_batch_reductions=explainer.engine.reductions,
+        mask_batch_reductions=explainer.reductions,
     )
     write_json_atomic(options.out / f"summary{part}.json", summary)
     if shard is None:  # a shard's report comes with the merge

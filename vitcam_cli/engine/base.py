@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from vitcam_cli.engine.geometry import TokenLayout, Trace
+from vitcam_cli.engine.masks import empty_window
 from vitcam_cli.engine.scoring import auto_mask_batch, class_scores
 from vitcam_cli.errors import VitcamError
 
 SKIPS = ("ln", "masked-input", "input")
+SUBTRACTS = ("none", "empty")
+
+
+@dataclass(frozen=True)
+class CopySettings:
+    """How masked copies are made and scored: the engine's side of a method's settings."""
+
+    kernel: str
+    skip: str
+    score: str
+    subtract: str = "none"  # "empty": minus the score of the copy with every patch token masked, rectified
 
 
 class MaskedEngine(ABC):
@@ -30,19 +43,16 @@ class MaskedEngine(ABC):
         model: nn.Module,
         layout: TokenLayout,
         block_index: int,
-        kernel: str,
-        skip: str,
-        score: str,
+        copies: CopySettings,
         mask_batch: int | None = None,
     ) -> None:
-        if skip not in SKIPS:
-            raise ValueError(f"unknown skip {skip!r}; expected one of {SKIPS}")
+        if copies.skip not in SKIPS or copies.subtract not in SUBTRACTS:
+            raise ValueError(f"unknown skip or subtract in {copies}")
         self.model = model
         self.layout = layout
         self.block_index = block_index
-        self.kernel = kernel
-        self.skip = skip
-        self.score = score
+        self.copies = copies
+        self.kernel, self.skip, self.score = copies.kernel, copies.skip, copies.score
         self.mask_batch = mask_batch
         self.device = next(model.parameters()).device
         self.reductions: list[dict[str, int]] = []  # chunk sizes given up after out-of-memory errors
@@ -101,4 +111,13 @@ class MaskedEngine(ABC):
             scores[begin : begin + flat.numel()] = class_scores(logits, classes[image], self.score)
             begin += flat.numel()
         rows, cols = self.layout.grid
-        return scores.view(batch, num_masks, -1).permute(0, 2, 1).reshape(batch, -1, rows, cols)
+        maps = scores.view(batch, num_masks, -1).permute(0, 2, 1).reshape(batch, -1, rows, cols)
+        if self.copies.subtract == "empty":
+            maps = (maps - self._empty_scores(traced, state, classes)[..., None, None]).clamp_min(0.0)
+        return maps
+
+    def _empty_scores(self, traced: Trace, state: Any, classes: Tensor) -> Tensor:
+        """(B, T) scores of the copy of each image with every patch token masked out."""
+        image = torch.arange(classes.shape[0], device=classes.device)
+        position = torch.full_like(image, empty_window(self.layout.grid))
+        return class_scores(self.chunk_logits(traced, state, image, position), classes, self.score)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from vitcam_cli.engine.base import MaskedEngine
+from vitcam_cli.engine.base import CopySettings, MaskedEngine
 from vitcam_cli.engine.compressed import CompressedEngine, fast_unsupported_reason
 from vitcam_cli.engine.dense import DenseEngine
 from vitcam_cli.engine.geometry import TokenLayout
@@ -18,9 +18,7 @@ def create_engine(
     model: nn.Module,
     layout: TokenLayout,
     block_index: int,
-    kernel: str,
-    skip: str,
-    score: str,
+    copies: CopySettings,
     mask_batch: int | None = None,
 ) -> MaskedEngine:
     """``auto`` takes ``fast`` whenever it is exact for this model and block, else ``dense``."""
@@ -30,4 +28,4 @@ def create_engine(
     if name == "fast" and reason is not None:
         raise VitcamError(f"--engine fast is not exact for this model: {reason}; use --engine auto or dense")
     engine = CompressedEngine if name == "fast" or (name == "auto" and reason is None) else DenseEngine
-    return engine(model, layout, block_index, kernel, skip, score, mask_batch)
+    return engine(model, layout, block_index, copies, mask_batch)

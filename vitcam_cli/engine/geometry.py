@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -95,6 +95,14 @@ class Trace:
     logits: Tensor
     block_input: Tensor
     block_extras: list[BlockExtras]
+    later_inputs: list[Tensor] = field(default_factory=list)  # what each block after the first received
+
+    def from_block(self, offset: int) -> Trace:
+        """The same pass seen from ``offset`` blocks later: for fusing maps of several target blocks."""
+        if offset == 0:
+            return self
+        inputs = [self.block_input, *self.later_inputs]
+        return Trace(self.logits, inputs[offset], self.block_extras[offset:], inputs[offset + 1 :])
 
 
 @contextmanager
@@ -131,7 +139,8 @@ def trace(model: nn.Module, images: Tensor, start: int, layout: TokenLayout) -> 
             f"{layout.num_prefix} prefix + {layout.grid[0]}x{layout.grid[1]} patch tokens: {SUPPORTED}"
         )
     extras = [(args[1:], kwargs) for args, kwargs in calls]
-    return Trace(logits=logits, block_input=block_input, block_extras=extras)
+    later = [args[0] for args, _ in calls[1:]]
+    return Trace(logits=logits, block_input=block_input, block_extras=extras, later_inputs=later)
 
 
 @contextmanager

@@ -14,8 +14,17 @@ from torch import Tensor
 KERNELS = ("gaussian", "single")
 
 
+def empty_window(grid: tuple[int, int]) -> int:
+    """The row of the window tables that masks out every patch token (one past the last grid position)."""
+    return grid[0] * grid[1]
+
+
 @lru_cache(maxsize=32)
 def _window_weights_cpu(grid: tuple[int, int], kernel: str) -> Tensor:
+    return torch.cat([_grid_windows(grid, kernel), torch.zeros(1, grid[0] * grid[1])])
+
+
+def _grid_windows(grid: tuple[int, int], kernel: str) -> Tensor:
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
     rows, cols = grid
@@ -31,7 +40,8 @@ def _window_weights_cpu(grid: tuple[int, int], kernel: str) -> Tensor:
 
 
 def window_weights(grid: tuple[int, int], kernel: str, device: torch.device | str = "cpu") -> Tensor:
-    """``(K, K)`` float32 table, K = rows*cols: row k holds the weight of every patch token for mask k."""
+    """``(K + 1, K)`` float32 table, K = rows*cols: row k < K holds every patch token's weight for the mask
+    centred on grid position k; row K (``EMPTY``) is the empty window, every patch token masked out."""
     return _window_weights_cpu(tuple(grid), kernel).to(device)
 
 

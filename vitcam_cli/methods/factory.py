@@ -1,32 +1,69 @@
-"""``--methods`` names: ``reciprocam[:PRESET[:KERNEL]]``, ``gradcam``, ``rollout``, ``relevance``."""
+"""``--methods`` names: ``reciprocam[:PRESET[:OPTIONS]]``, ``gradcam``, ``rollout``, ``relevance``.
+
+OPTIONS override the preset, comma-separated: ``kernel=single``, ``block=-2``, ``skip=ln``,
+``score=contrast``, ``subtract=empty``, ``fuse=2`` (or just ``single`` for the kernel).
+"""
 
 from __future__ import annotations
 
-from vitcam_cli.engine.masks import KERNELS
+from dataclasses import fields
+
 from vitcam_cli.errors import VitcamError
 from vitcam_cli.methods.base import SaliencyMethod
 from vitcam_cli.methods.gradcam import GradCAM
-from vitcam_cli.methods.reciprocam import DEFAULT_PRESET, PRESETS, ReciproCAM
+from vitcam_cli.methods.reciprocam import DEFAULT_PRESET, PRESETS, ReciproCAM, ReciproCAMSettings
 from vitcam_cli.methods.relevance import AttentionRelevance
 from vitcam_cli.methods.rollout import AttentionRollout
 from vitcam_cli.models import LoadedModel
 
 BASELINES = {"gradcam": GradCAM, "rollout": AttentionRollout, "relevance": AttentionRelevance}
-DEFAULT_KERNEL = "gaussian"
+OPTION_NAMES = {"kernel": "kernel", "block": "target_block", "skip": "skip", "score": "score",
+                "subtract": "subtract", "fuse": "fuse"}  # fmt: skip
+USAGE = (
+    f"use reciprocam[:{'|'.join(PRESETS)}[:kernel=..,block=..,skip=..,score=..,subtract=..,fuse=..]], "
+    f"{', '.join(BASELINES)}"
+)
+
+
+def _settings(spec: str) -> tuple[str, ReciproCAMSettings]:
+    """The preset and the settings a ``reciprocam:...`` name asks for."""
+    _, *rest = spec.split(":", 2)
+    preset = rest[0] if rest else DEFAULT_PRESET
+    if preset not in PRESETS:
+        raise VitcamError(f"--methods {spec}: no preset {preset!r}; {USAGE}")
+    overrides: dict[str, object] = {}
+    for option in filter(None, (rest[1] if len(rest) > 1 else "").split(",")):
+        key, _, value = option.partition("=")
+        if not value:  # a bare value names the kernel
+            key, value = "kernel", key
+        if key not in OPTION_NAMES:
+            raise VitcamError(f"--methods {spec}: unknown option {key!r}; {USAGE}")
+        kind = {f.name: f.type for f in fields(ReciproCAMSettings)}[OPTION_NAMES[key]]
+        try:
+            overrides[OPTION_NAMES[key]] = int(value) if kind == "int" else value
+        except ValueError as error:
+            raise VitcamError(f"--methods {spec}: {key} needs a whole number") from error
+    try:
+        return preset, PRESETS[preset].with_overrides(**overrides)
+    except VitcamError as error:
+        raise VitcamError(f"--methods {spec}: {error}") from error
 
 
 def canonical_name(spec: str) -> str:
-    """``reciprocam`` -> ``reciprocam:official``; the default kernel is left out, the single one named."""
-    parts = spec.strip().lower().split(":")
-    if parts[0] in BASELINES and len(parts) == 1:
-        return parts[0]
-    if parts[0] == "reciprocam" and len(parts) <= 3:
-        preset = parts[1] if len(parts) > 1 else DEFAULT_PRESET
-        kernel = parts[2] if len(parts) > 2 else DEFAULT_KERNEL
-        if preset in PRESETS and kernel in KERNELS:
-            return f"reciprocam:{preset}" + ("" if kernel == DEFAULT_KERNEL else f":{kernel}")
-    presets, kernels = "|".join(PRESETS), "|".join(KERNELS)
-    raise VitcamError(f"--methods {spec}: use reciprocam[:{presets}[:{kernels}]], {', '.join(BASELINES)}")
+    """A method's name in tables: ``reciprocam:PRESET`` plus the options that differ from the preset."""
+    spec = spec.strip().lower()
+    if spec in BASELINES:
+        return spec
+    if spec.split(":")[0] != "reciprocam":
+        raise VitcamError(f"--methods {spec}: {USAGE}")
+    preset, settings = _settings(spec)
+    reference = PRESETS[preset]
+    changed = [
+        f"{key}={getattr(settings, name)}"
+        for key, name in OPTION_NAMES.items()
+        if getattr(settings, name) != getattr(reference, name)
+    ]
+    return f"reciprocam:{preset}" + (f":{','.join(changed)}" if changed else "")
 
 
 def create_method(
@@ -35,6 +72,5 @@ def create_method(
     name = canonical_name(spec)
     if name in BASELINES:
         return BASELINES[name](loaded.model, loaded.layout)
-    _, preset, *kernel = name.split(":")
-    settings = PRESETS[preset].with_overrides(kernel=kernel[0] if kernel else None)
+    _, settings = _settings(name)
     return ReciproCAM(loaded.model, loaded.layout, settings, loaded.input_size, mask_batch, engine)

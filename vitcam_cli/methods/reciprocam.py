@@ -3,6 +3,11 @@
 Three choices differ between public implementations and are explicit here: the target block,
 what the block's skip path carries (``ln``: the masked LayerNorm output; ``masked-input``: the
 masked block input; ``input``: the unmasked block input) and the score (softmax or logit).
+
+Three refinements are vitcam's own, all off in the published presets: ``score="contrast"`` (the
+class logit minus the log-sum-exp of the other classes), ``subtract="empty"`` (minus the score of the
+copy with every patch token masked out, rectified: only windows that raise the class count) and
+``fuse`` (the mean of the maps of the target block and the ``fuse - 1`` blocks before it).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from vitcam_cli.engine.base import SKIPS
+from vitcam_cli.engine.base import SKIPS, SUBTRACTS, CopySettings
 from vitcam_cli.engine.factory import create_engine
 from vitcam_cli.engine.geometry import TokenLayout, check_decomposition, trace
 from vitcam_cli.engine.masks import KERNELS
@@ -27,19 +32,47 @@ class ReciproCAMSettings:
     target_block: int = -2
     skip: str = "input"
     score: str = "softmax"
+    subtract: str = "none"
+    fuse: int = 1
+
+    @property
+    def copies(self) -> CopySettings:
+        return CopySettings(self.kernel, self.skip, self.score, self.subtract)
 
     def with_overrides(self, **overrides: object) -> ReciproCAMSettings:
         """Apply the options the user set explicitly on top of a preset."""
         settings = replace(self, **{k: v for k, v in overrides.items() if v is not None})
-        for name, allowed in (("kernel", KERNELS), ("skip", SKIPS), ("score", SCORES)):
+        for name, allowed in (
+            ("kernel", KERNELS),
+            ("skip", SKIPS),
+            ("score", SCORES),
+            ("subtract", SUBTRACTS),
+        ):
             if getattr(settings, name) not in allowed:
                 raise VitcamError(
                     f"--{name} must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}"
                 )
+        if settings.fuse < 1:
+            raise VitcamError("--fuse-blocks must be at least 1")
         return settings
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def describe(method: dict[str, object]) -> str:
+    """One line for a method's settings as summary.json stores them: variant, then every choice."""
+    parts = [
+        f"block {method['target_block']}",
+        f"skip {method['skip']}",
+        str(method["score"]),
+        f"{method['kernel']}",
+    ]
+    if method.get("subtract", "none") != "none":
+        parts.append(f"subtract {method['subtract']}")
+    if method.get("fuse", 1) != 1:
+        parts.append(f"fuse {method['fuse']} blocks")
+    return f"{method['variant']} ({', '.join(parts)})"
 
 
 PRESETS: dict[str, ReciproCAMSettings] = {
@@ -54,7 +87,7 @@ DEFAULT_PRESET = "official"
 
 
 class ReciproCAM:
-    """Explains a batch: one forward pass to predict, then the masked copies through the engine."""
+    """Explains a batch: one forward pass to predict, then the masked copies through the engine(s)."""
 
     name = "reciprocam"
 
@@ -71,23 +104,33 @@ class ReciproCAM:
         self.layout = layout
         self.settings = settings
         self.block_index = layout.block_index(settings.target_block)
-        check_decomposition(model, layout, self.block_index, input_size)
-        self.engine = create_engine(
-            engine,
-            model,
-            layout,
-            self.block_index,
-            settings.kernel,
-            settings.skip,
-            settings.score,
-            mask_batch,
-        )
+        if settings.fuse > self.block_index + 1:
+            raise VitcamError(
+                f"--fuse-blocks {settings.fuse}: only {self.block_index + 1} blocks up to the target block"
+            )
+        # the target block first, then the blocks before it that --fuse-blocks adds
+        blocks = [self.block_index - i for i in range(settings.fuse)]
+        for block in blocks:
+            check_decomposition(model, layout, block, input_size)
+        self.engines = [
+            create_engine(engine, model, layout, block, settings.copies, mask_batch) for block in blocks
+        ]
+        self.engine = self.engines[0]
+        self.first_block = blocks[-1]
+
+    @property
+    def reductions(self) -> list[dict[str, int]]:
+        """Chunk sizes every engine gave up after out-of-memory errors."""
+        return [reduction for engine in self.engines for reduction in engine.reductions]
 
     @torch.inference_mode()
     def __call__(self, images: Tensor, choose_classes: ClassChooser) -> Explanation:
         """``choose_classes`` maps the (B, C) float32 logits to the (B, T) classes to explain."""
-        traced = trace(self.model, images, self.block_index, self.layout)
+        traced = trace(self.model, images, self.first_block, self.layout)
         logits = traced.logits.float()
         classes = choose_classes(logits)
-        maps = self.engine(traced, classes)
-        return Explanation(logits=logits, classes=classes, maps=maps)
+        maps = [
+            engine(traced.from_block(engine.block_index - self.first_block), classes)
+            for engine in self.engines
+        ]
+        return Explanation(logits=logits, classes=classes, maps=torch.stack(maps).mean(0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -53,3 +54,28 @@ class Totals:
             parts = (torch.tensor(mean[name]) for name in ("average_drop", "coherency", "complexity"))
             mean["adcc"] = float(adcc(*parts))
         return {name: mean[name] for name in METRICS if name in mean}
+
+
+def bootstrap_intervals(
+    values: dict[str, np.ndarray], draws: int, seed: int, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of every dataset metric, resampling images with replacement.
+
+    ``values`` holds one array per metric with one value per image, all in the same image order (the
+    ``adcc`` array holds the per-image ADCC). Each draw recomputes the metrics exactly as ``Totals``
+    does, including ``adcc`` as the combination of the resampled averaged parts.
+    """
+    count = len(next(iter(values.values())))
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, count, size=(draws, count))
+    means = {name: array[picks].mean(axis=1) for name, array in values.items()}
+    if "adcc" in means:
+        means["adcc_mean"] = means["adcc"]
+        parts = (torch.from_numpy(means[name]) for name in ("average_drop", "coherency", "complexity"))
+        means["adcc"] = adcc(*parts).numpy()
+    low, high = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    return {
+        name: (float(np.percentile(means[name], low)), float(np.percentile(means[name], high)))
+        for name in METRICS
+        if name in means
+    }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from vitcam_cli.distributed import collect_shards
 from vitcam_cli.metrics.adcc import PARTS
 from vitcam_cli.outputs.atomic import write_atomic, write_json_atomic
 from vitcam_cli.outputs.manifest import Counts, read_rows, write_results_csv
-from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail, write_explain_report
+from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail
 
 # settings every shard of one run must share
 SHARED_SETTINGS = ("model", "method", "targets", "colormap", "alpha", "save_maps")
@@ -44,8 +44,13 @@ def _rebased(row: dict[str, Any], folder: Path, destination: Path) -> dict[str, 
     return row
 
 
-def merge_shards(folders: Sequence[Path], destination: Path) -> dict[str, Any]:
-    """Merge every shard found in ``folders`` into ``destination``; returns the merged summary."""
+def merge_shards(
+    folders: Sequence[Path], destination: Path, write_report: Callable[[Path, dict[str, Any], Gallery], None]
+) -> dict[str, Any]:
+    """Merge every shard found in ``folders`` into ``destination``; returns the merged summary.
+
+    ``write_report`` renders the merged run's report.html (the command that ran the shards knows how).
+    """
     shards = find_shards(folders)
     count = len(shards)
     rows = []
@@ -83,7 +88,7 @@ def merge_shards(folders: Sequence[Path], destination: Path) -> dict[str, Any]:
     }
     write_json_atomic(destination / "summary.json", summary)
     gallery = _gallery(rows, destination, summary["settings"]["method"]["variant"])
-    write_explain_report(destination / "report.html", summary, gallery)
+    write_report(destination / "report.html", summary, gallery)
     return summary
 
 

@@ -21,8 +21,6 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-from vitcam_cli.metrics.adcc import ADCC_DEFINITION
-from vitcam_cli.metrics.aggregate import METRICS
 from vitcam_cli.outputs.atomic import write_atomic
 
 # panel metrics in display order; names not listed here follow alphabetically
@@ -354,29 +352,3 @@ _SCRIPT = """
   });
 })();
 """
-
-
-def write_explain_report(path: Path, summary: dict[str, Any], gallery: Gallery) -> None:
-    """The report of a ``vitcam explain`` run (or of its merged shards), from its summary.json."""
-    images, method, adcc = summary["images"], summary["settings"]["method"], summary["adcc"] or {}
-    facts = [
-        ("model", summary["settings"]["model"]["model"]),
-        (
-            "method",
-            f"ViT-ReciproCAM {method['variant']}: block {method['target_block']}, skip {method['skip']}, "
-            f"{method['score']}, {method['kernel']} kernel, {summary['settings']['engine']} engine",
-        ),
-        ("images", f"{images['ok']} explained, {images['error']} failed, {images['skipped']} resumed"),
-        ("device", f"{summary['device']} {summary['precision']}"),
-        ("time", f"{summary['wall_seconds']:.1f} s, {summary['images_per_second']:.2f} images/s"),
-    ]
-    columns = ["method", "images", *(name for name in METRICS if name in adcc)]
-    row = [method["variant"], str(images["ok"]), *(f"{adcc[name]:.4f}" for name in columns[2:])]
-    notes = (
-        [ADCC_DEFINITION]
-        if adcc
-        else ["ADCC was not computed (--no-adcc): the gallery is sorted by probability."]
-    )
-    if images["skipped"]:
-        notes.append("The gallery shows images explained in this run; resumed images are in results.jsonl.")
-    write_report(path, "vitcam explain", facts, columns, [row], gallery.cards(), gallery.offered, notes)
