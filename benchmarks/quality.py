@@ -1,13 +1,13 @@
-"""The README's quality table: every ViT-ReciproCAM preset and kernel and the baselines on FashionScenes.
+"""The README's quality tables: ViT-ReciproCAM variants and the baselines on FashionScenes scenes.
 
     python benchmarks/quality.py --model fashion-vit --name fashion-vit     # writes results/quality-NAME.*
 
-Builds the first ``--count`` FashionScenes test images (once, into ``--data``), then runs
-``vitcam evaluate`` on them in one pass: ADCC (both aggregations) and its parts, insertion/deletion
-AUC, the pointing game and energy-in-box against the pasted garments' boxes, seconds per image.
-The ground-truth class is explained (``--target label``). The table names the best method per
-metric, and which ViT-ReciproCAM variant wins by the default's rule: best ADCC, then pointing game,
-then speed.
+Builds FashionScenes test images ``--first`` .. ``--first + --count - 1`` (once, into a cache folder),
+then runs ``vitcam evaluate`` on them in one pass: ADCC (both aggregations) and its parts,
+insertion/deletion AUC, the pointing game and energy-in-box against the pasted garments' boxes, and
+seconds per image, with ``--bootstrap`` 95% intervals. The ground-truth class is explained
+(``--target label``). The table marks the best method per metric and names the ViT-ReciproCAM
+variant that wins by vitcam's rule for its default: best ADCC, then pointing game, then speed.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from vitcam_cli.evaluate import EvaluateOptions, run_evaluate
 from vitcam_cli.metrics.aggregate import METRICS
@@ -25,7 +26,7 @@ from vitcam_cli.models import ModelSpec
 sys.path.insert(0, str(Path(__file__).parent / "fashion_scenes"))
 from build import FashionScenes, default_photo_paths, write_split
 
-RECIPROCAM = [
+PRESETS_AND_KERNELS = [
     f"reciprocam:{preset}{kernel}"
     for preset in ("official", "otx", "openvino-xai")
     for kernel in ("", ":single")
@@ -33,13 +34,30 @@ RECIPROCAM = [
 BASELINES = ["gradcam", "rollout", "relevance"]
 LOWER_IS_BETTER = {"average_drop", "complexity", "deletion", "seconds_per_image"}
 COLUMNS = [*METRICS, "seconds_per_image"]
+RESULTS = Path(__file__).parent / "results"
 
 
-def build_test_split(data: Path, count: int, fashion_mnist: Path | None) -> None:
-    if (data / "labels.csv").is_file() and len(list((data / "images").glob("*.png"))) == count:
-        return
-    kwargs = {"fashion_mnist_dir": fashion_mnist} if fashion_mnist else {}
-    write_split(FashionScenes("test", photo_paths=default_photo_paths(), **kwargs), range(count), data)
+def test_images(first: int, count: int, cache: Path = Path("/tmp/fashion_scenes")) -> Path:
+    """FashionScenes test samples first .. first + count - 1 as PNGs with labels.csv and boxes.csv."""
+    data = cache / f"test-{first}-{count}"
+    if not (data / "boxes.csv").is_file():
+        write_split(
+            FashionScenes("test", photo_paths=default_photo_paths()), range(first, first + count), data
+        )
+    return data
+
+
+def evaluate(
+    model: str, data: Path, methods: list[str], out: Path, bootstrap: int = 0, steps: int = 20
+) -> dict[str, Any]:
+    """``vitcam evaluate`` in this process; returns metrics.json."""
+    options = EvaluateOptions(
+        data=data, model=ModelSpec(model), labels=data / "labels.csv", boxes=data / "boxes.csv",
+        target="label", methods=methods, steps=steps, batch_size=25, out=out, workers=1, quiet=True,
+        bootstrap=bootstrap,
+    )  # fmt: skip
+    run_evaluate(options)
+    return json.loads((out / "metrics.json").read_text())
 
 
 def winner(methods: dict[str, dict[str, float]]) -> tuple[str, str]:
@@ -47,7 +65,7 @@ def winner(methods: dict[str, dict[str, float]]) -> tuple[str, str]:
 
     def rank(name: str) -> tuple[float, float, float]:
         values = methods[name]
-        return (-values["adcc"], -values.get("pointing_game", 0.0), values["seconds_per_image"])
+        return (-round(values["adcc"], 4), -values.get("pointing_game", 0.0), values["seconds_per_image"])
 
     best, second = sorted((name for name in methods if name.startswith("reciprocam")), key=rank)[:2]
     a, b = methods[best], methods[second]
@@ -59,7 +77,15 @@ def winner(methods: dict[str, dict[str, float]]) -> tuple[str, str]:
     return best, reason
 
 
-def markdown(metrics: dict, title: str) -> str:
+def cell(values: dict[str, Any], column: str, bold: bool) -> str:
+    text = f"{values[column]:.4f}"
+    text = f"**{text}**" if bold else text
+    interval = values.get("intervals", {}).get(column)
+    return text + (f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
+
+
+def markdown(metrics: dict[str, Any], title: str, rule: bool = True) -> str:
+    """The table; bold marks the best value per column; optionally the default rule's verdict."""
     methods = metrics["methods"]
     columns = [c for c in COLUMNS if any(methods[m].get(c) is not None for m in methods)]
     best = {
@@ -68,11 +94,14 @@ def markdown(metrics: dict, title: str) -> str:
     }
     lines = [title, "", "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, values in methods.items():
-        cells = [f"**{values[c]:.4f}**" if best[c] == name else f"{values[c]:.4f}" for c in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    chosen, reason = winner(methods)
-    lines += ["", f"Bold: the best in each column. By vitcam's rule the default is **{chosen}** ({reason})."]
-    beaten = sorted({c for c in columns if not best[c].startswith("reciprocam") and c != "seconds_per_image"})
+        lines.append(f"| {name} | " + " | ".join(cell(values, c, best[c] == name) for c in columns) + " |")
+    lines += ["", "Bold: the best value in each column."]
+    if rule:
+        chosen, reason = winner(methods)
+        lines[-1] += (
+            f" By vitcam's rule (best ADCC, then pointing game, then speed) **{chosen}** wins ({reason})."
+        )
+    beaten = sorted(c for c in columns if not best[c].startswith("reciprocam") and c != "seconds_per_image")
     if beaten:
         lines.append(
             "A baseline beats every ViT-ReciproCAM variant on: "
@@ -82,42 +111,45 @@ def markdown(metrics: dict, title: str) -> str:
     return "\n".join(lines)
 
 
+def describe_run(metrics: dict[str, Any], model: str, first: int, count: int, seconds: float) -> str:
+    accuracy = metrics["methods"][metrics["primary"]]["accuracy"]
+    return (
+        f"FashionScenes test images {first}-{first + count - 1} ({count}), model `{model}` (accuracy on them "
+        f"{accuracy:.3f}), ground-truth class explained, {metrics['settings']['steps']}-step "
+        f"insertion/deletion with a blurred baseline; {metrics['device']} {metrics['precision']}, "
+        f"{time.strftime('%Y-%m-%d')}, {seconds:.0f} s."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="fashion-vit", help="any --model vitcam accepts")
     parser.add_argument("--name", default="fashion-vit", help="names the result files")
+    parser.add_argument("--first", type=int, default=0, help="first FashionScenes test sample")
     parser.add_argument("--count", type=int, default=500)
-    parser.add_argument("--data", type=Path, default=Path("/tmp/fashion_scenes_test"))
-    parser.add_argument("--fashion-mnist", type=Path, default=None)
+    parser.add_argument("--methods", default=",".join(PRESETS_AND_KERNELS + BASELINES))
+    parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=20, help="insertion/deletion curve steps")
-    parser.add_argument("--batch-size", type=int, default=25)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
-    build_test_split(args.data, args.count, args.fashion_mnist)
-    run_out = args.out / f"quality-{args.name}-run"
     started = time.time()
-    options = EvaluateOptions(
-        data=args.data, model=ModelSpec(args.model), labels=args.data / "labels.csv",
-        boxes=args.data / "boxes.csv", target="label", methods=RECIPROCAM + BASELINES, steps=args.steps,
-        batch_size=args.batch_size, out=run_out, workers=1, quiet=True,
-    )  # fmt: skip
-    code = run_evaluate(options)
-    metrics = json.loads((run_out / "metrics.json").read_text())
-    accuracy = metrics["methods"][RECIPROCAM[0]]["accuracy"]
-    title = (
-        f"FashionScenes test images 0-{args.count - 1} ({args.count}), model `{args.model}` (test accuracy "
-        f"{accuracy:.3f}), ground-truth class explained, {args.steps}-step insertion/deletion with a blurred "
-        f"baseline; {metrics['device']} {metrics['precision']}, {time.strftime('%Y-%m-%d')}, "
-        f"{time.time() - started:.0f} s."
+    data = test_images(args.first, args.count)
+    metrics = evaluate(
+        args.model,
+        data,
+        args.methods.split(","),
+        RESULTS / f"quality-{args.name}-run",
+        args.bootstrap,
+        args.steps,
     )
-    table = markdown(metrics, title)
-    (args.out / f"quality-{args.name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (args.out / f"quality-{args.name}.md").write_text(table + "\n")
+    table = markdown(
+        metrics, describe_run(metrics, args.model, args.first, args.count, time.time() - started)
+    )
+    (RESULTS / f"quality-{args.name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (RESULTS / f"quality-{args.name}.md").write_text(table + "\n")
     print(table)
-    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ PRETRAINED_CFG = {
     "std": STD,
 }
 # arguments that define a run: --resume refuses to continue a checkpoint made with other values
+DEFAULTS = {"patch_size": 8}  # run settings added after the first checkpoints: what those were made with
 RUN_ARGS = (
+    "patch_size",
     "embed_dim",
     "depth",
     "heads",
@@ -95,12 +97,12 @@ def seed_all(*parts: int) -> torch.Generator:
 
 
 def build_model(args: argparse.Namespace) -> nn.Module:
-    """A ViT-Tiny-style model for 112x112 inputs with 8x8 patches (a 14x14 grid) and a CLS-token head."""
+    """A ViT-Tiny-style model for 112x112 inputs with a CLS-token head: 8x8 patches make a 14x14 grid."""
     return timm.create_model(
         "vit_tiny_patch16_224",
         pretrained=False,
         img_size=IMAGE_SIZE,
-        patch_size=8,
+        patch_size=args.patch_size,
         embed_dim=args.embed_dim,
         depth=args.depth,
         num_heads=args.heads,
@@ -156,6 +158,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--embed-dim", type=int, default=128)
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument(
+        "--patch-size", type=int, default=DEFAULTS["patch_size"], help="8: a 14x14 grid, 16: 7x7"
+    )
     parser.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate (DeiT: 0.1)")
     parser.add_argument("--no-occlusion", action="store_true", help="train without CutMix and random erasing")
     parser.add_argument("--test-samples", type=int, default=2000, help="first N test samples, for accuracy")
@@ -205,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     start_epoch, elapsed = 0, 0.0
     if args.resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        changed = [key for key in RUN_ARGS if state["args"][key] != vars(args)[key]]
+        changed = [key for key in RUN_ARGS if state["args"].get(key, DEFAULTS.get(key)) != vars(args)[key]]
         if changed:
             sys.exit(
                 f"train.py: {checkpoint_path} was made with other {', '.join(changed)}; use the same values"
