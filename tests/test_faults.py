@@ -97,7 +97,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(many, tmp_path):
 
 
 def test_full_disk_is_one_clear_error_and_keeps_what_was_written(tiny_model, many, tmp_path, monkeypatch):
-    import vitcam_cli.pipeline as pipeline
+    import vitcam_cli.outputs.writer as pipeline
 
     real = pipeline.write_atomic
     calls = {"n": 0}

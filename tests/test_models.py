@@ -110,3 +110,13 @@ def test_random_weights_are_reproducible():
     first = load_model("vit_tiny_patch16_224", pretrained=False, img_size=(32, 32)).model
     second = load_model("vit_tiny_patch16_224", pretrained=False, img_size=(32, 32)).model
     torch.testing.assert_close(first.state_dict(), second.state_dict())
+
+
+def test_imagenet_wordnet_ids_name_classes_too():
+    from vitcam_cli.models import class_ids_for
+
+    imagenet = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=16, depth=1)
+    ids = class_ids_for(imagenet)
+    assert ids[0] == "n01440764" and len(ids) == 1000
+    assert resolve_class("n01440764", class_names_for(imagenet), ids) == 0
+    assert class_ids_for(tiny_vit("cls")) == []

@@ -46,7 +46,7 @@ from vitcam_cli.metrics.adcc import ADCC_DEFINITION
 from vitcam_cli.metrics.aggregate import METRICS, Totals, bootstrap_intervals
 from vitcam_cli.metrics.insertion_deletion import BASELINES
 from vitcam_cli.metrics.localization import boxes_mask
-from vitcam_cli.models import LoadedModel, ModelSpec, resolve_class
+from vitcam_cli.models import LoadedModel, ModelSpec
 from vitcam_cli.outputs.atomic import atomic_text_stream, write_atomic, write_json_atomic
 from vitcam_cli.outputs.overlay import View, colormap_table, model_view, render_overlay
 from vitcam_cli.outputs.report import (
@@ -157,7 +157,7 @@ def _ground_truth(
     """Labels from --labels, else from an ImageFolder tree, else None (unlabelled)."""
 
     def resolve(value: str) -> int:
-        return resolve_class(value, loaded.class_names)
+        return loaded.resolve_class(value)
 
     if options.labels is not None:
         return read_labels(options.labels, items, resolve)

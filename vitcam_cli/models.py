@@ -35,11 +35,15 @@ class LoadedModel:
     data_config: dict[str, Any]
     transform: Callable[[Any], torch.Tensor]
     class_names: list[str]
+    class_ids: list[str]
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_size(self) -> tuple[int, ...]:
         return tuple(self.data_config["input_size"])
+
+    def resolve_class(self, value: str) -> int:
+        return resolve_class(value, self.class_names, self.class_ids)
 
 
 # models that ship inside the package, in timm's export format: ``--model NAME`` works offline
@@ -78,6 +82,19 @@ def resolve_model_name(spec: str) -> str:
             "local-dir:PATH or a folder with config.json"
         )
     return spec
+
+
+def class_ids_for(model: nn.Module) -> list[str]:
+    """Unique class identifiers where the model has them: ``label_names`` (with descriptions as names),
+    or ImageNet's WordNet ids (n01440764 ...), so folders and label files may use either."""
+    num_classes = int(model.num_classes)
+    names = model.pretrained_cfg.get("label_names")
+    if isinstance(names, list | tuple) and len(names) == num_classes:
+        return [str(name) for name in names]
+    subset = infer_imagenet_subset(model)
+    if subset and ImageNetInfo(subset).num_classes() == num_classes:
+        return list(ImageNetInfo(subset).label_names())
+    return []
 
 
 def class_names_for(model: nn.Module) -> list[str]:
@@ -183,7 +200,9 @@ def load_model(
         "grid": list(layout.grid),
         "prefix_tokens": layout.num_prefix,
     }
-    return LoadedModel(model, spec, layout, data_config, transform, class_names_for(model), info)
+    return LoadedModel(
+        model, spec, layout, data_config, transform, class_names_for(model), class_ids_for(model), info
+    )
 
 
 @dataclass(frozen=True)
@@ -207,13 +226,16 @@ class ModelSpec:
         )
 
 
-def resolve_class(value: str, class_names: list[str]) -> int:
-    """A ``--class`` value: an index, or a class name (case-insensitive; any comma-separated synonym)."""
+def resolve_class(value: str, class_names: list[str], class_ids: list[str] = ()) -> int:
+    """A ``--class`` value: an index, a class id (ImageNet's n01440764), or a class name (case-insensitive;
+    any comma-separated synonym)."""
     if value.strip().lstrip("-").isdigit():
         index = int(value)
         if not 0 <= index < len(class_names):
             raise VitcamError(f"class {index} is out of range: the model has {len(class_names)} classes")
         return index
+    if value.strip() in class_ids:
+        return list(class_ids).index(value.strip())
     wanted = value.strip().lower()
     exact = [i for i, name in enumerate(class_names) if name.lower() == wanted]
     if exact:

@@ -6,10 +6,7 @@ import contextlib
 import json
 import platform
 import sys
-import threading
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +17,6 @@ import PIL
 import timm
 import torch
 import torch.distributed as dist
-from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -41,12 +37,13 @@ from vitcam_cli.measure import MetricSettings, measure
 from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM, describe
 from vitcam_cli.metrics.adcc import ADCC_DEFINITION, PARTS
 from vitcam_cli.metrics.aggregate import METRICS
-from vitcam_cli.models import LoadedModel, ModelSpec, resolve_class
+from vitcam_cli.models import LoadedModel, ModelSpec
 from vitcam_cli.outputs.atomic import write_atomic, write_json_atomic
 from vitcam_cli.outputs.manifest import Counts, Manifest
 from vitcam_cli.outputs.merge import merge_shards
-from vitcam_cli.outputs.overlay import View, colormap_table, model_view, render_overlay
-from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail, write_report
+from vitcam_cli.outputs.overlay import View, colormap_table, model_view
+from vitcam_cli.outputs.report import Gallery, write_report
+from vitcam_cli.outputs.writer import OutputWriter
 from vitcam_cli.runtime import autocast, check_precision, resolve_device
 from vitcam_cli.targets import TargetRequest, ranks
 
@@ -93,7 +90,8 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def _target_request(options: ExplainOptions, class_names: list[str]) -> TargetRequest:
+def _target_request(options: ExplainOptions, loaded: LoadedModel) -> TargetRequest:
+    class_names = loaded.class_names
     chosen = sum([bool(options.classes), options.top_k is not None, options.labels is not None])
     if chosen > 1:
         raise VitcamError("--class, --top-k and --labels choose the target classes: use only one of them")
@@ -101,7 +99,7 @@ def _target_request(options: ExplainOptions, class_names: list[str]) -> TargetRe
         raise VitcamError(
             f"--top-k {options.top_k}: must be between 1 and {len(class_names)} (the class count)"
         )
-    classes = tuple(dict.fromkeys(resolve_class(value, class_names) for value in options.classes))
+    classes = tuple(dict.fromkeys(loaded.resolve_class(value) for value in options.classes))
     return TargetRequest(top_k=options.top_k or 1, classes=classes, from_labels=options.labels is not None)
 
 
@@ -146,83 +144,6 @@ def _prepare_out(out: Path, settings: dict[str, Any], resume: bool, summary_name
                 f"--skip-existing: {out} was written with different {', '.join(changed)} settings; "
                 "rerun with the same options or use a new --out"
             )
-
-
-class OutputWriter:
-    """Renders overlays and saves maps on worker threads; rows leave in input order, after their files."""
-
-    def __init__(
-        self, out: Path, manifest: Manifest, emit: Any, colormap: str, alpha: float, method: str
-    ) -> None:
-        self.out = out
-        self.manifest = manifest
-        self.emit = emit
-        self.colormap = colormap
-        self.alpha = alpha
-        self.method = method
-        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vitcam-writer")
-        self.pending: deque[Future[list[dict[str, Any]]]] = deque()
-        self.gallery = Gallery(limit=100)  # the report's worst and best rows by ADCC
-        self.gallery_lock = threading.Lock()
-
-    def submit_rows(self, rows: list[dict[str, Any]]) -> None:
-        future: Future[list[dict[str, Any]]] = Future()
-        future.set_result(rows)
-        self._enqueue(future)
-
-    def submit(self, job: dict[str, Any]) -> None:
-        self._enqueue(self.pool.submit(self._write, job))
-
-    def _enqueue(self, future: Future[list[dict[str, Any]]]) -> None:
-        self.pending.append(future)
-        self.flush(wait=len(self.pending) > 64)
-
-    def flush(self, wait: bool = False) -> None:
-        while self.pending and (wait or self.pending[0].done()):
-            rows = self.pending.popleft().result()
-            self.manifest.write(rows)
-            self.emit(rows)
-            wait = wait and len(self.pending) > 32
-
-    def drain(self) -> None:
-        while self.pending:
-            self.flush(wait=True)
-        self.pool.shutdown(wait=True)
-
-    def abandon(self) -> None:
-        """Stop after a write failed: rows not yet in the manifest are dropped, their images redone later."""
-        self.pending.clear()
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def _write(self, job: dict[str, Any]) -> list[dict[str, Any]]:
-        original: np.ndarray = job["original"]
-        for row, saliency in zip(job["rows"], job["maps"], strict=True):
-            image = render_overlay(original, saliency, job["box"], self.colormap, self.alpha)
-            write_atomic(
-                self.out / row["overlay"],
-                lambda handle, image=image: Image.fromarray(image).save(
-                    handle, format="PNG", compress_level=3
-                ),
-            )
-            if row["map"]:
-                raw = saliency.numpy().astype(np.float32)
-                write_atomic(self.out / row["map"], lambda handle, raw=raw: np.save(handle, raw))
-            self._offer(row, image)
-        return job["rows"]
-
-    def _offer(self, row: dict[str, Any], image: np.ndarray) -> None:
-        """Offer the row to the report's gallery, sorted by ADCC (by probability with --no-adcc)."""
-
-        def card() -> Card:
-            metrics = {name: row[name] for name in PARTS if row.get(name) is not None}
-            panel = Panel(
-                self.method, thumbnail(image), row["overlay"], row["class_name"], row["probability"], metrics
-            )
-            return Card(row["path"], None, [panel])
-
-        value = row["adcc"] if row.get("adcc") is not None else row["probability"]
-        with self.gallery_lock:
-            self.gallery.offer(float(value), card)
 
 
 def _error_row(item: ImageItem, message: str) -> dict[str, Any]:
@@ -361,12 +282,8 @@ def _explain_shard(options: ExplainOptions, stdin: TextIO | None, stdout: TextIO
         items = shard.take(items)
 
     loaded: LoadedModel = options.model.load(device)
-    request = _target_request(options, loaded.class_names)
-    labels = (
-        read_labels(options.labels, items, lambda v: resolve_class(v, loaded.class_names))
-        if options.labels
-        else {}
-    )
+    request = _target_request(options, loaded)
+    labels = read_labels(options.labels, items, loaded.resolve_class) if options.labels else {}
     method = PRESETS[options.variant].with_overrides(**options.overrides)
     explainer = ReciproCAM(
         loaded.model, loaded.layout, method, loaded.input_size, options.mask_batch, options.engine
