@@ -4,11 +4,15 @@
 
 Candidates are the published presets and the refinements on top of the two last-block presets:
 the contrast score, empty-window subtraction and fusion of the last two blocks, alone and combined.
-They are compared on a validation split (FashionScenes test samples 5000-5499, never reported) on
+They are compared on a validation split (FashionScenes test samples 5000-5249, never reported) on
 every model; a refinement qualifies when it beats the current default on ADCC, energy-in-box and
 deletion AUC without losing pointing game, on every model. The qualifier with the best mean ADCC (if
 any) is then reported with 95% bootstrap intervals on the test split (samples 0-499) beside the
 default, the presets and the baselines. Writes results/refinements.{md,json}.
+
+Each evaluation keeps its output in results/refinements-{val,test}-NAME-run/; a rerun reads a finished
+one back when its model, images, methods and settings match (so models can be added one at a time).
+Delete those folders after retraining a model under the same name.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from quality import BASELINES, RESULTS, describe_run, evaluate, markdown, test_images
@@ -30,7 +35,26 @@ REFINEMENTS = (
 CANDIDATES = [f"reciprocam:{preset}" for preset in PRESETS] + [
     f"reciprocam:{preset}:{options}" for preset in ("otx", "openvino-xai") for options in REFINEMENTS
 ]
-VALIDATION, TEST = (5000, 500), (0, 500)
+VALIDATION, TEST = (5000, 250), (0, 500)
+
+
+def evaluate_once(
+    model: str, data: Path, methods: list[str], out: Path, bootstrap: int = 0, steps: int = 20
+) -> dict[str, Any]:
+    """``evaluate``, or the finished run in ``out`` when it was made with the same arguments."""
+    done = out / "metrics.json"
+    if done.is_file():
+        metrics = json.loads(done.read_text())
+        if (
+            metrics["model"]["model"] == model
+            and Path(metrics["data"]) == data
+            and list(metrics["methods"]) == [canonical_name(m) for m in methods]
+            and metrics["settings"]["steps"] == steps
+            and metrics["bootstrap"] == bootstrap
+        ):
+            print(f"reusing {out}", flush=True)
+            return metrics
+    return evaluate(model, data, methods, out, bootstrap=bootstrap, steps=steps)
 
 
 def qualifies(candidate: dict[str, float], default: dict[str, float]) -> bool:
@@ -73,7 +97,7 @@ def main() -> None:
     for name, model in models.items():
         started = time.time()
         out = RESULTS / f"refinements-val-{name}-run"
-        runs[name] = evaluate(model, test_images(*VALIDATION), CANDIDATES, out, steps=10)
+        runs[name] = evaluate_once(model, test_images(*VALIDATION), CANDIDATES, out, steps=10)
         print(f"validation {name}: {time.time() - started:.0f} s", flush=True)
     qualified = [
         candidate
@@ -90,7 +114,7 @@ def main() -> None:
         else ("No refinement qualifies on every model.")
     )
     lines = [
-        "### Validation (FashionScenes test samples 5000-5499, 10-step deletion)",
+        "### Validation (FashionScenes test samples 5000-5249, 10-step deletion)",
         "",
         *validation_table(runs, default),
         "",
@@ -106,7 +130,7 @@ def main() -> None:
     for name, model in models.items():
         started = time.time()
         out = RESULTS / f"refinements-test-{name}-run"
-        metrics = evaluate(model, test_images(*TEST), shown, out, bootstrap=args.bootstrap)
+        metrics = evaluate_once(model, test_images(*TEST), shown, out, bootstrap=args.bootstrap)
         report[f"test-{name}"] = metrics
         title = f"### Test, model {name}\n\n" + describe_run(metrics, model, *TEST, time.time() - started)
         lines += ["", markdown(metrics, title, rule=False)]

@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="side of the synthetic images, in pixels")
     parser.add_argument("--model", default="vit_tiny_patch16_224")
     parser.add_argument("--model-args", nargs="*", default=["--no-pretrained", "--img-size", "112"])
-    parser.add_argument("--explain-args", nargs="*", default=["--batch-size", "16"])
+    parser.add_argument("--explain-args", nargs="*", default=["--batch-size", "16", "--variant", "official"])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 

@@ -85,7 +85,7 @@ def test_mixed_folder_end_to_end(tiny_model, image_folder, tmp_path):
         "skipped": 0,
         "total": len(GOOD_IMAGES) + len(BROKEN_IMAGES),
     }
-    assert summary["settings"]["method"]["variant"] == "official"
+    assert summary["settings"]["method"]["variant"] == "openvino-xai"
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0] == ",".join(ROW_FIELDS) and len(csv_lines) == len(rows) + 1
     assert not list(out.rglob("*.tmp"))

@@ -16,6 +16,9 @@ from tests.test_cli import explain, rows_of, run
 from tests.test_evaluate import write_labelled
 
 FLOATS = ("probability", "adcc", "average_drop", "increase", "coherency", "complexity")
+# images batched differently round differently; min-max scaling of a random-weight model's nearly flat
+# logit maps magnifies that to a few 1e-5 in ADCC, so "equal" means equal to 1e-4
+TOLERANCE = 1e-4
 
 
 @pytest.fixture
@@ -42,7 +45,7 @@ def assert_same_rows(merged: list[dict], single: list[dict]) -> None:
         other = merged_rows[key]
         for field, value in row.items():
             if field in FLOATS and value is not None:
-                assert other[field] == pytest.approx(value, abs=1e-5), (key, field)
+                assert other[field] == pytest.approx(value, abs=TOLERANCE), (key, field)
             elif field not in ("overlay", "map"):
                 assert other[field] == value, (key, field)
 
@@ -51,7 +54,7 @@ def assert_same_summary(merged: dict, single: dict) -> None:
     assert merged["images"] | {"skipped": 0} == single["images"]
     assert merged["rows"] == single["rows"]
     for name, value in single["adcc"].items():
-        assert merged["adcc"][name] == pytest.approx(value, abs=1e-5), name
+        assert merged["adcc"][name] == pytest.approx(value, abs=TOLERANCE), name
 
 
 def test_shards_merged_equal_a_single_process_run(tiny_model, folder, tmp_path):
@@ -135,7 +138,7 @@ def assert_same_metrics(merged: dict, single: dict) -> None:
             if key in ("seconds", "seconds_per_image"):
                 continue
             if isinstance(value, float):
-                assert merged["methods"][name][key] == pytest.approx(value, abs=1e-5), (name, key)
+                assert merged["methods"][name][key] == pytest.approx(value, abs=TOLERANCE), (name, key)
             else:
                 assert merged["methods"][name][key] == value, (name, key)
 
@@ -163,7 +166,7 @@ def test_evaluate_shards_merge_to_the_single_process_numbers(tiny_model, tmp_pat
     assert [r["path"] for r in merged_rows] == [r["path"] for r in single_rows]
     for a, b in zip(merged_rows, single_rows, strict=True):
         assert a["class_index"] == b["class_index"] and float(a["adcc"]) == pytest.approx(
-            float(b["adcc"]), abs=1e-5
+            float(b["adcc"]), abs=TOLERANCE
         )
     assert (sharded / "report.html").is_file()
 

@@ -62,6 +62,8 @@ def process_group(device: torch.device) -> Iterator[None]:
     if dist.is_initialized():
         yield
         return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's collectives run on the current device: this rank's own
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
         yield

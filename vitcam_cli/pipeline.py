@@ -34,7 +34,7 @@ from vitcam_cli.data import (
 from vitcam_cli.distributed import Shard, process_group, rank_device, torchrun_rank
 from vitcam_cli.errors import VitcamError
 from vitcam_cli.measure import MetricSettings, measure
-from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM, describe
+from vitcam_cli.methods.reciprocam import DEFAULT_PRESET, PRESETS, ReciproCAM, describe
 from vitcam_cli.metrics.adcc import ADCC_DEFINITION, PARTS
 from vitcam_cli.metrics.aggregate import METRICS
 from vitcam_cli.models import LoadedModel, ModelSpec
@@ -57,7 +57,7 @@ class ExplainOptions:
     inputs: list[str]
     model: ModelSpec
     files_from: str | None = None
-    variant: str = "official"
+    variant: str = DEFAULT_PRESET
     overrides: dict[str, Any] = field(default_factory=dict)  # explicit method options over the preset
     classes: list[str] = field(default_factory=list)
     top_k: int | None = None
