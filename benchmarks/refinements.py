@@ -33,7 +33,9 @@ REFINEMENTS = (
     "score=contrast,subtract=empty,fuse=2",
 )  # fmt: skip
 CANDIDATES = [f"reciprocam:{preset}" for preset in PRESETS] + [
-    f"reciprocam:{preset}:{options}" for preset in ("otx", "openvino-xai") for options in REFINEMENTS
+    canonical_name(f"reciprocam:{preset}:{options}")
+    for preset in ("otx", "openvino-xai")
+    for options in REFINEMENTS
 ]
 VALIDATION, TEST = (5000, 250), (0, 500)
 
@@ -89,6 +91,9 @@ def main() -> None:
         "--model", action="append", required=True, help="NAME=MODEL, e.g. occlusion=fashion-vit"
     )
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument(
+        "--validation-only", action="store_true", help="stop after the validation table and the verdict"
+    )
     args = parser.parse_args()
     models = dict(spec.split("=", 1) for spec in args.model)
     default = canonical_name(f"reciprocam:{DEFAULT_PRESET}")
@@ -126,13 +131,15 @@ def main() -> None:
         "chosen": chosen,
         "validation": runs,
     }
-    shown = [default, *([chosen] if chosen else []), *(c for c in CANDIDATES[:3] if c != default), *BASELINES]
-    for name, model in models.items():
-        started = time.time()
+    # on the test split: the default, every refinement of it, the other presets, the winner, the baselines
+    shown = [default, *(c for c in CANDIDATES if c.startswith(f"{default}:"))]
+    shown += [c for c in CANDIDATES[: len(PRESETS)] if c != default]
+    shown += [*([chosen] if chosen and chosen not in shown else []), *BASELINES]
+    for name, model in {} if args.validation_only else models.items():
         out = RESULTS / f"refinements-test-{name}-run"
         metrics = evaluate_once(model, test_images(*TEST), shown, out, bootstrap=args.bootstrap)
         report[f"test-{name}"] = metrics
-        title = f"### Test, model {name}\n\n" + describe_run(metrics, model, *TEST, time.time() - started)
+        title = f"### Test, model {name}\n\n" + describe_run(metrics, model, *TEST, metrics["wall_seconds"])
         lines += ["", markdown(metrics, title, rule=False)]
     (RESULTS / "refinements.json").write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / "refinements.md").write_text("\n".join(lines) + "\n")
