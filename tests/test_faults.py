@@ -32,9 +32,15 @@ def many(tmp_path: Path) -> Path:
     return root
 
 
+def _default_sigint() -> None:
+    """A shell that starts a job in the background makes it ignore SIGINT, and children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(folder: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen([*VITCAM, "explain", str(folder), "-o", str(out), *SLOW],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            preexec_fn=_default_sigint, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
 
 
 def wait_for_rows(out: Path, count: int, process: subprocess.Popen) -> None:
