@@ -112,7 +112,7 @@ def test_torchrun_two_cpu_processes_equal_a_single_process_run(tiny_model, folde
     assert explain(tiny_model, str(folder), "-o", str(single))[0] == 1
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
          "-m", "vitcam_cli", "explain", str(folder), "--model", f"local-dir:{tiny_model}", "-o", str(ranked),
          "--device", "cpu", "--workers", "0", "-q"],
         capture_output=True, text=True, env=env, timeout=300,
@@ -120,7 +120,7 @@ def test_torchrun_two_cpu_processes_equal_a_single_process_run(tiny_model, folde
     assert result.returncode == 1, result.stderr[-3000:]  # 1: the broken file, as in the single run
     assert sorted(p.name for p in ranked.glob("summary*.json")) == [
         "summary.json", "summary.shard-0-of-2.json", "summary.shard-1-of-2.json"
-    ]  # fmt: skip
+    ], result.stderr[-3000:]  # fmt: skip
     assert_same_rows(rows_of(ranked), rows_of(single))
     assert_same_summary(*(json.loads((path / "summary.json").read_text()) for path in (ranked, single)))
 
@@ -176,7 +176,7 @@ def test_evaluate_under_torchrun(tiny_model, tmp_path):
     single, ranked = tmp_path / "single", tmp_path / "ranked"
     assert run(*_evaluate_args(tiny_model, data), "-o", str(single))[0] == 0
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29534",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
          "-m", "vitcam_cli", *_evaluate_args(tiny_model, data), "-o", str(ranked), "--device", "cpu"],
         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300,
     )  # fmt: skip

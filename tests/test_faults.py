@@ -6,7 +6,9 @@ import errno
 import json
 import signal
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,9 @@ from PIL import Image
 from tests.conftest import noise
 from tests.test_cli import VITCAM, explain, rows_of
 from tests.test_distributed import TOLERANCE, assert_same_rows
+from vitcam_cli.errors import VitcamError
+from vitcam_cli.outputs.atomic import HOST
+from vitcam_cli.pipeline import _prepare_out
 
 # the costliest preset on the dense engine, one image per batch: slow enough to interrupt mid-run
 SLOW = ["--model", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "112", "--engine", "dense",
@@ -171,3 +176,42 @@ def test_out_of_memory_chunks_are_retried_smaller(tiny_model, small_folder, tmp_
     np.testing.assert_allclose(
         np.load(out / "maps/a.npy"), np.load(reference / "maps/a.npy"), rtol=1e-5, atol=1e-7
     )
+
+
+def test_shards_starting_side_by_side_in_one_folder_never_trip_over_each_other(tmp_path):
+    out, start_together = tmp_path / "out", threading.Barrier(2)
+
+    def check_many_times() -> int:
+        start_together.wait()
+        failures = 0
+        for _ in range(300):
+            try:
+                _prepare_out(out, {}, False, "summary.json")
+            except VitcamError:
+                failures += 1
+        return failures
+
+    with ThreadPoolExecutor(2) as pool:
+        assert [job.result() for job in [pool.submit(check_many_times) for _ in range(2)]] == [0, 0]
+    assert not list(out.iterdir())
+
+
+def test_resume_removes_only_the_temporaries_of_processes_that_are_gone(tiny_model, tmp_path):
+    folder, out = tmp_path / "images", tmp_path / "out"
+    folder.mkdir()
+    Image.fromarray(noise(30, 40, seed=7)).save(folder / "a.png")
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    with subprocess.Popen(["sleep", "60"]) as running:
+        (out / "overlays").mkdir(parents=True)
+        stale = out / "overlays" / f".a.png.vitcam-{HOST}-{finished.pid}-x1.tmp"
+        live = out / f".results.shard-1-of-2.jsonl.vitcam-{HOST}-{running.pid}-x2.tmp"
+        elsewhere = out / f".results.shard-1-of-2.jsonl.vitcam-{HOST}.other-{finished.pid}-x3.tmp"
+        foreign = out / ".notes.tmp"
+        for path in (stale, live, elsewhere, foreign):
+            path.write_bytes(b"partial")
+        code, _, stderr = explain(tiny_model, str(folder), "-o", str(out), "--skip-existing")
+        running.kill()
+    assert code == 0, stderr
+    assert not stale.exists()
+    assert live.exists() and elsewhere.exists() and foreign.exists()

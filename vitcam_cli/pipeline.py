@@ -6,6 +6,7 @@ import contextlib
 import json
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -38,7 +39,7 @@ from vitcam_cli.methods.reciprocam import DEFAULT_PRESET, PRESETS, ReciproCAM, d
 from vitcam_cli.metrics.adcc import ADCC_DEFINITION, PARTS
 from vitcam_cli.metrics.aggregate import METRICS
 from vitcam_cli.models import LoadedModel, ModelSpec
-from vitcam_cli.outputs.atomic import write_atomic, write_json_atomic
+from vitcam_cli.outputs.atomic import remove_stale_temporaries, write_json_atomic
 from vitcam_cli.outputs.manifest import Counts, Manifest
 from vitcam_cli.outputs.merge import merge_shards
 from vitcam_cli.outputs.overlay import View, colormap_table, model_view
@@ -123,15 +124,15 @@ def _prepare_out(out: Path, settings: dict[str, Any], resume: bool, summary_name
     """Create ``out`` and check it is writable; when resuming, refuse a folder written with other settings."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / ".vitcam-write-check", lambda handle: handle.write(b"ok"))
-        (out / ".vitcam-write-check").unlink()
+        with tempfile.TemporaryFile(dir=out) as probe:  # a private file: shards check the same folder
+            probe.write(b"ok")
+            probe.flush()
     except OSError as error:
         raise VitcamError(
             f"--out {out}: cannot write there ({error.strerror}); choose another folder"
         ) from error
     if resume:  # temporary files of a killed run: never results, safe to remove
-        for leftover in out.rglob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
+        remove_stale_temporaries(out)
     previous = out / summary_name
     if resume and previous.is_file():
         try:

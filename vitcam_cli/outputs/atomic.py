@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,13 +21,46 @@ def _file_mode() -> int:
 
 
 FILE_MODE = _file_mode()  # read once at import, before any writer thread starts
+HOST = socket.gethostname()
+# ".<name>.vitcam-<host>-<pid>-<random>.tmp": whose temporary file it is, so that a rerun removes only
+# the leftovers of processes that are gone, never a file another shard is writing right now
+_TEMPORARY = re.compile(r"\.vitcam-(?P<host>.+)-(?P<pid>\d+)-[^.]*\.tmp$")
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}.vitcam-{HOST}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Remove temporary files that processes on this host left when they were killed; return how many.
+
+    A temporary file of a live process, or of another host sharing the folder, is left alone: shards
+    run side by side in one output folder.
+    """
+    removed = 0
+    for path in folder.rglob(".*.tmp"):
+        owner = _TEMPORARY.search(path.name)
+        if owner and owner["host"] == HOST and not _alive(int(owner["pid"])):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 @contextlib.contextmanager
 def _replacing(path: Path) -> Iterator[int]:
     """A descriptor of a new temporary file beside ``path`` that replaces ``path`` when the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")
     try:
         yield fd
         os.chmod(temporary, FILE_MODE)
