@@ -45,7 +45,8 @@ def remove_stale_temporaries(folder: Path) -> int:
     """Remove temporary files that processes on this host left when they were killed; return how many.
 
     A temporary file of a live process, or of another host sharing the folder, is left alone: shards
-    run side by side in one output folder.
+    run side by side in one output folder. Hosts are told apart by hostname, so containers sharing a
+    folder need distinct hostnames.
     """
     removed = 0
     for path in folder.rglob(".*.tmp"):
