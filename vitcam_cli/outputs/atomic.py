@@ -36,25 +36,22 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:  # another user's process: alive all the same
+        pass
     return True
 
 
-def remove_stale_temporaries(folder: Path) -> int:
-    """Remove temporary files that processes on this host left when they were killed; return how many.
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove the temporary files that processes on this host left when they were killed.
 
     A temporary file of a live process, or of another host sharing the folder, is left alone: shards
     run side by side in one output folder. Hosts are told apart by hostname, so containers sharing a
     folder need distinct hostnames.
     """
-    removed = 0
     for path in folder.rglob(".*.tmp"):
         owner = _TEMPORARY.search(path.name)
         if owner and owner["host"] == HOST and not _alive(int(owner["pid"])):
             path.unlink(missing_ok=True)
-            removed += 1
-    return removed
 
 
 @contextlib.contextmanager
