@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.test_cli import run
 
 
@@ -18,6 +20,13 @@ def test_bench_json_has_the_documented_fields(tiny_model):
     assert [run["variant"] for run in result["runs"]] == ["official", "otx", "openvino-xai"]
     assert all(run["engine"] == "fast" and run["ratio"] > 0 for run in result["runs"])
     assert result["ratio"] == result["runs"][0]["ratio"]
+    # the summary's rates and ratio come from the same timed calls: the first variant's
+    first = result["runs"][0]
+    for key in ("forward_seconds_per_batch", "forward_images_per_s", "explain_images_per_s", "ratio"):
+        assert result[key] == first[key], key
+    for figures in result["runs"]:
+        rates = figures["forward_images_per_s"] / figures["explain_images_per_s"]
+        assert rates == pytest.approx(figures["ratio"], rel=0.01)
 
 
 def test_bench_table_with_overrides_and_dense_engine(tiny_model):

@@ -50,7 +50,8 @@ def test_help_documents_every_option():
         "--model", "--checkpoint", "--no-pretrained", "--num-classes", "--img-size", "--files-from",
         "--variant", "--kernel", "--target-block", "--skip", "--score", "--mask-batch", "--class",
         "--top-k", "--labels",
-        "--out", "--save-maps", "--colormap", "--alpha", "--skip-existing", "--jsonl", "--batch-size",
+        "--out", "--save-maps", "--no-overlays", "--overlay-format", "--overlay-size", "--colormap",
+        "--alpha", "--skip-existing", "--jsonl", "--batch-size",
         "--workers", "--device", "--precision", "--quiet", "--config", "--debug",
     ):  # fmt: skip
         assert option in stdout, option
@@ -142,7 +143,7 @@ def test_labels_choose_the_class_and_missing_labels_are_error_rows(tiny_model, s
 def test_resume_processes_only_missing_images(tiny_model, small_folder, tmp_path):
     out = tmp_path / "out"
     assert explain(tiny_model, str(small_folder), "-o", str(out))[0] == 0
-    kept = out / "overlays/b.png"
+    kept = out / "overlays/b.jpg"
     kept_time = kept.stat().st_mtime_ns
     (out / "overlays/a.png").unlink()  # as if the run died before this file landed
     lines = (out / "results.jsonl").read_text().splitlines()

@@ -10,6 +10,7 @@ from PIL import Image
 
 from tests.conftest import BROKEN_IMAGES, GOOD_IMAGES, make_image_folder, noise
 from vitcam_cli.data import (
+    DecodePlan,
     ImageFiles,
     decode_image,
     describe_decode_error,
@@ -18,6 +19,7 @@ from vitcam_cli.data import (
     read_path_list,
 )
 from vitcam_cli.errors import VitcamError
+from vitcam_cli.preprocessing import Preprocessing
 
 
 def test_discover_is_sorted_recursive_and_filters_extensions(image_folder):
@@ -89,7 +91,7 @@ def test_transparent_pixels_become_white(tmp_path):
 def test_broken_files_become_error_samples(tmp_path, name, message):
     folder = make_image_folder(tmp_path / "images")
     item = next(item for item in discover([str(folder)]) if item.path.name == name)
-    sample = ImageFiles([item], transform=lambda image: image)[0]
+    sample = ImageFiles([item], DecodePlan(Preprocessing(lambda image: image)))[0]
     assert sample.image is None and message in sample.error
 
 

@@ -9,7 +9,8 @@ from PIL import Image
 from timm.data import create_transform
 
 from vitcam_cli.errors import VitcamError
-from vitcam_cli.outputs.overlay import colormap_table, min_max, model_view, render_overlay
+from vitcam_cli.outputs.overlay import colormap_table, min_max, render_overlay
+from vitcam_cli.preprocessing import model_view
 
 
 def _column_ramp(width: int, height: int) -> Image.Image:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -14,6 +13,7 @@ import typer
 
 from vitcam_cli import __version__
 from vitcam_cli.config import load_config
+from vitcam_cli.data import DEFAULT_OVERLAY_SIDE
 from vitcam_cli.distributed import parse_shard
 from vitcam_cli.errors import VitcamError
 from vitcam_cli.methods.reciprocam import DEFAULT_PRESET
@@ -156,6 +156,20 @@ ShardOption = Annotated[
         rich_help_panel=RUN,
     ),
 ]
+OverlayFormatOption = Annotated[
+    Literal["auto", "jpg", "png", "webp"],
+    typer.Option(
+        help="Overlay file format; auto: JPEG for JPEG inputs, PNG for every other input.",
+        rich_help_panel=OUTPUT,
+    ),
+]
+OverlaySizeOption = Annotated[
+    str,
+    typer.Option(
+        help="Longest side of the overlays in pixels (smaller images keep their size), or 'original'.",
+        rich_help_panel=OUTPUT,
+    ),
+]
 VARIANT_HELP = (
     "Preset of the published implementations: official = block -2, skip input, softmax; "
     "otx = block -1, skip ln, softmax; openvino-xai = block -1, skip masked-input, logit."
@@ -190,6 +204,19 @@ def _parse_img_size(value: str | None) -> tuple[int, int] | None:
     return (sizes[0], sizes[-1])
 
 
+def _parse_overlay_size(value: str) -> int | None:
+    """``original`` (None) or a longest side in pixels."""
+    if value.strip().lower() == "original":
+        return None
+    try:
+        side = int(value)
+    except ValueError:
+        side = 0
+    if side < 1:
+        raise VitcamError(f"--overlay-size {value}: use 'original' or a longest side in pixels (e.g. 1024)")
+    return side
+
+
 def _model_spec(
     model: str | None,
     checkpoint: Path | None,
@@ -214,10 +241,6 @@ def _overrides(
     given = {"kernel": kernel, "target_block": target_block, "skip": skip, "score": score}
     given |= {"subtract": subtract, "fuse": fuse}
     return {name: value for name, value in given.items() if value is not None}
-
-
-def _default_workers() -> int:
-    return min(4, max(0, (os.cpu_count() or 1) - 1))
 
 
 def _run(action: Callable[[], int], debug: bool) -> None:
@@ -296,6 +319,15 @@ def explain(
             help="Also save raw float32 maps (token grid, unscaled) as .npy.", rich_help_panel=OUTPUT
         ),
     ] = False,
+    overlays: Annotated[
+        bool,
+        typer.Option(
+            help="Write an overlay per explained class; --no-overlays: only maps, scores and rows.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = True,
+    overlay_format: OverlayFormatOption = "auto",
+    overlay_size: OverlaySizeOption = str(DEFAULT_OVERLAY_SIDE),
     colormap: Annotated[
         str, typer.Option(help="Any matplotlib colormap for the overlays.", rich_help_panel=OUTPUT)
     ] = DEFAULT_COLORMAP,
@@ -329,7 +361,8 @@ def explain(
     workers: Annotated[
         int | None,
         typer.Option(
-            help="Image-decoding worker processes (0 = in the main process). (default: min(4, cores-1))",
+            help="Image-decoding worker processes (0 = in the main process). (default: min(4, cores) on a "
+            "CPU, min(4, cores - 1) with a GPU)",
             rich_help_panel=RUN,
             show_default=False,
         ),
@@ -360,10 +393,13 @@ def explain(
             labels=labels,
             out=out,
             save_maps=save_maps,
+            overlays=overlays,
+            overlay_format=overlay_format,
+            overlay_size=_parse_overlay_size(overlay_size),
             colormap=colormap,
             alpha=alpha,
             batch_size=batch_size,
-            workers=_default_workers() if workers is None else workers,
+            workers=workers,
             device=device,
             precision=precision,
             mask_batch=mask_batch,
@@ -466,6 +502,8 @@ def evaluate(
     save_overlays: Annotated[
         bool, typer.Option(help="Keep every method's overlay of every image.", rich_help_panel=OUTPUT)
     ] = False,
+    overlay_format: OverlayFormatOption = "auto",
+    overlay_size: OverlaySizeOption = str(DEFAULT_OVERLAY_SIDE),
     colormap: Annotated[
         str, typer.Option(help="Any matplotlib colormap for the overlays.", rich_help_panel=OUTPUT)
     ] = DEFAULT_COLORMAP,
@@ -482,7 +520,8 @@ def evaluate(
     workers: Annotated[
         int | None,
         typer.Option(
-            help="Image-decoding worker processes. (default: min(4, cores-1))",
+            help="Image-decoding worker processes (0 = in the main process). (default: min(4, cores) on a "
+            "CPU, min(4, cores - 1) with a GPU)",
             rich_help_panel=RUN,
             show_default=False,
         ),
@@ -517,6 +556,8 @@ def evaluate(
             seed=seed,
             out=out,
             save_overlays=save_overlays,
+            overlay_format=overlay_format,
+            overlay_size=_parse_overlay_size(overlay_size),
             insertion_deletion=insertion_deletion,
             steps=steps,
             baseline=baseline,
@@ -525,7 +566,7 @@ def evaluate(
             as_json=as_json,
             markdown=markdown,
             batch_size=batch_size,
-            workers=_default_workers() if workers is None else workers,
+            workers=workers,
             device=device,
             precision=precision,
             mask_batch=mask_batch,

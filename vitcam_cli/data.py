@@ -13,12 +13,20 @@ from typing import Any, TextIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import InterpolationMode
 
 from vitcam_cli.errors import VitcamError
+from vitcam_cli.preprocessing import Preprocessing, Size, resize_pixels
+from vitcam_cli.turns import Turns
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the stored image by 90 degrees
+# the overlays' longest side unless told otherwise; every JPEG is decoded with at least this longest side
+# whatever the overlay settings, so default overlays need no second decode and the model's input
+# depends on the file and the model alone
+DEFAULT_OVERLAY_SIDE = 768
 
 
 class EmptyFileError(ValueError):
@@ -35,9 +43,10 @@ class ImageItem:
     key: PurePosixPath
 
 
-def _scan(root: Path) -> Iterable[Path]:
+def _scan(root: Path, skip: set[Path]) -> Iterable[Path]:
+    """Image files under ``root``, never inside the (resolved) folders of ``skip``."""
     for directory, subdirs, files in os.walk(root):
-        subdirs.sort()
+        subdirs[:] = sorted(name for name in subdirs if (Path(directory) / name).resolve() not in skip)
         for name in files:
             if name.lower().endswith(IMAGE_EXTENSIONS):
                 yield Path(directory) / name
@@ -55,8 +64,19 @@ def read_path_list(source: str, stdin: TextIO | None = None) -> list[Path]:
     return [Path(line.strip()) for line in lines if line.strip()]
 
 
-def discover(inputs: Sequence[str], listed: Sequence[Path] = ()) -> list[ImageItem]:
+def output_folders(out: Path) -> tuple[Path, ...]:
+    """The folders a run writes images into, which discovery must not enter: ``out`` itself when it lies
+    inside an input folder, its ``overlays/`` and ``maps/`` when it is the input folder."""
+    return out, out / "overlays", out / "maps"
+
+
+def discover(
+    inputs: Sequence[str], listed: Sequence[Path] = (), skip: Sequence[Path] = ()
+) -> list[ImageItem]:
     """All images under ``inputs`` (files or folders, recursive) plus ``listed`` files, in sorted order.
+
+    Folders are searched without entering the folders of ``skip`` (see ``output_folders``: a run never
+    explains its own overlays); files named explicitly are taken wherever they are.
 
     Output keys mirror each image's path relative to the common parent of the inputs, so that two
     folders with the same file names never collide; an image whose stem is shared with a sibling
@@ -64,11 +84,12 @@ def discover(inputs: Sequence[str], listed: Sequence[Path] = ()) -> list[ImageIt
     """
     found: dict[Path, Path] = {}
     roots: list[Path] = []
+    outputs = {folder.resolve() for folder in skip}
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
             roots.append(path.resolve())
-            for file in _scan(path):
+            for file in _scan(path, outputs):
                 found.setdefault(file.resolve(), file)
         elif path.is_file():
             roots.append(path.resolve().parent)
@@ -109,16 +130,34 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return np.clip(values * scale + 0.5, 0, 255).astype(np.uint8)
 
 
-def decode_image(path: Path) -> Image.Image:
-    """Open any supported image as 8-bit RGB: EXIF orientation applied, first frame, alpha over white."""
+def _oriented(size: Size, swapped: bool) -> Size:
+    return (size[1], size[0]) if swapped else size
+
+
+def decode_reduced(
+    path: Path, at_least: Callable[[Size], Size | None] | None = None
+) -> tuple[Image.Image, Size]:
+    """Open any supported image as 8-bit RGB (EXIF orientation applied, first frame, alpha over white),
+    and the original's (width, height) after orientation.
+
+    ``at_least(original size)`` may name the smallest (width, height) the caller needs: a JPEG is then
+    decoded at the smallest of libjpeg's 1/2, 1/4 and 1/8 scales that still keeps it (Pillow's
+    ``draft()``), several times faster on photos much larger than the model's input. Other formats are
+    always decoded whole.
+    """
     if path.stat().st_size == 0:
         raise EmptyFileError("empty file (0 bytes)")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as image:
             image.seek(0)
+            swapped = image.getexif().get(ExifTags.Base.Orientation) in _SWAPPING_ORIENTATIONS
+            original = _oriented(image.size, swapped)
+            needed = at_least(original) if at_least is not None else None
+            if needed is not None:
+                image.draft(None, _oriented(needed, swapped))
             image.load()
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         image = Image.fromarray(_to_uint8(np.asarray(image))).convert("RGB")
     if image.mode == "P":
@@ -127,7 +166,12 @@ def decode_image(path: Path) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
+    return (image if image.mode == "RGB" else image.convert("RGB")), original
+
+
+def decode_image(path: Path) -> Image.Image:
+    """The whole image as 8-bit RGB: see ``decode_reduced``."""
+    return decode_reduced(path)[0]
 
 
 def describe_decode_error(error: BaseException) -> str:
@@ -144,54 +188,138 @@ def describe_decode_error(error: BaseException) -> str:
     return f"cannot decode: {text}"
 
 
+def fit_within(size: Size, longest: int | None) -> Size:
+    """``size`` scaled down (never up) so that its longest side is at most ``longest`` (None: as is)."""
+    width, height = size
+    if longest is None or max(width, height) <= longest:
+        return size
+    scale = longest / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _covers(image: Image.Image, size: Size) -> bool:
+    return image.width >= size[0] and image.height >= size[1]
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """What every image becomes: the model's input, and a copy for its overlay whose longest side is at
+    most ``overlay_side`` (None: the original size).
+
+    The model's input depends on the file and the model alone, never on the overlay settings: a JPEG is
+    decoded at the scale the model and a default-size overlay need, and decoded a second time only when
+    the overlay needs more (``--overlay-size original``, or above the default).
+    """
+
+    preprocessing: Preprocessing
+    overlay_side: int | None = None
+
+    def decode(self, path: Path) -> tuple[torch.Tensor, np.ndarray, Size]:
+        """(model input (C, H, W), overlay copy (h, w, 3) uint8, the original's (width, height))."""
+        image, original = decode_reduced(path, self.first_decode)
+        pixels = np.array(image)
+        tensor = self.preprocessing(pixels, original)
+        target = fit_within(original, self.overlay_side)
+        if not _covers(image, target):  # the overlay needs more pixels than the model did
+            pixels = np.array(decode_reduced(path, lambda _: target)[0])
+        return tensor, resize_pixels(pixels, target, InterpolationMode.BILINEAR), original
+
+    def first_decode(self, original: Size) -> Size | None:
+        """What the one decode every image gets must keep: the model's need and a default overlay."""
+        model = self.preprocessing.needs(original)
+        if model is None:
+            return None
+        shared = fit_within(original, DEFAULT_OVERLAY_SIDE)
+        return max(model[0], shared[0]), max(model[1], shared[1])
+
+
 @dataclass
 class Sample:
     index: int
     image: torch.Tensor | None  # the model input (C, H, W), None when decoding failed
-    original: torch.Tensor | None  # the decoded image (H, W, 3) uint8, for overlays
+    overlay: np.ndarray | None  # the copy overlays are drawn on (h, w, 3) uint8
+    size: Size | None  # the original's (width, height), after EXIF orientation
     error: str | None
 
 
 class ImageFiles(Dataset):
-    """Decodes and preprocesses one image per item; a broken file yields an error, never an exception."""
+    """Decodes and preprocesses one image per item; a broken file yields an error, never an exception.
 
-    def __init__(self, items: Sequence[ImageItem], transform: Callable[[Image.Image], torch.Tensor]) -> None:
+    Each image waits for ``turns`` (see ``Turns``): on a CPU, decoding runs between the engine's turns.
+    """
+
+    def __init__(self, items: Sequence[ImageItem], plan: DecodePlan, turns: Turns | None = None) -> None:
         self.items = items
-        self.transform = transform
+        self.plan = plan
+        self.turns = turns or Turns(enabled=False)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> Sample:
+        self.turns.wait()
         try:
-            image = decode_image(self.items[index].path)
-            tensor = self.transform(image)
-            original = torch.from_numpy(np.asarray(image).copy())
+            tensor, overlay, size = self.plan.decode(self.items[index].path)
         except Exception as error:  # any undecodable file becomes an error row
-            return Sample(index, None, None, describe_decode_error(error))
-        return Sample(index, tensor, original, None)
+            return Sample(index, None, None, None, describe_decode_error(error))
+        return Sample(index, tensor, overlay, size, None)
 
 
 @dataclass
 class Batch:
     indices: list[int]  # indices of decoded images, in the order of ``images``
     images: torch.Tensor | None
-    originals: list[torch.Tensor]
+    sizes: list[Size]  # the originals' (width, height), after EXIF orientation
+    # the overlay copies packed into one buffer: one shared-memory block per batch between processes
+    overlay_pixels: torch.Tensor
+    overlay_shapes: list[tuple[int, int]]  # (height, width) of each copy
     failures: list[tuple[int, str]]
+
+    def overlay(self, position: int) -> np.ndarray:
+        """The (h, w, 3) uint8 copy of the ``position``-th decoded image that overlays are drawn on."""
+        start = sum(h * w * 3 for h, w in self.overlay_shapes[:position])
+        height, width = self.overlay_shapes[position]
+        return self.overlay_pixels[start : start + height * width * 3].numpy().reshape(height, width, 3)
+
+    def pin_memory(self) -> Batch:
+        """Page-locked model inputs, so the copy to a GPU runs asynchronously (DataLoader's pin_memory)."""
+        if self.images is not None:
+            self.images = self.images.pin_memory()
+        return self
+
+
+def _pack(arrays: list[np.ndarray]) -> torch.Tensor:
+    """The arrays' bytes one after the other in one uint8 tensor."""
+    packed = torch.empty(sum(array.size for array in arrays), dtype=torch.uint8)
+    flat, start = packed.numpy(), 0
+    for array in arrays:
+        flat[start : start + array.size] = array.reshape(-1)
+        start += array.size
+    return packed
 
 
 def collate(samples: list[Sample]) -> Batch:
-    good = [s for s in samples if s.image is not None]
+    good = [s for s in samples if s.error is None]
     return Batch(
         indices=[s.index for s in good],
         images=torch.stack([s.image for s in good]) if good else None,
-        originals=[s.original for s in good],
-        failures=[(s.index, s.error or "unknown error") for s in samples if s.image is None],
+        sizes=[s.size for s in good],
+        overlay_pixels=_pack([s.overlay for s in good]),
+        overlay_shapes=[s.overlay.shape[:2] for s in good],
+        failures=[(s.index, s.error) for s in samples if s.error is not None],
     )
 
 
+def default_workers(device: torch.device) -> int:
+    """Decoding processes when ``--workers`` is not given: every core (up to 4) on a CPU, where decoding
+    takes turns with the engine (see ``Turns``); one core fewer beside a GPU, for the main process."""
+    cores = os.cpu_count() or 1
+    return min(4, cores if device.type == "cpu" else max(0, cores - 1))
+
+
 def make_loader(dataset: ImageFiles, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
-    """Stream ``dataset`` in order; workers decode ahead of the model so loading overlaps compute."""
+    """Stream ``dataset`` in order; workers decode ahead of the model so loading overlaps compute, and
+    at most ``2 * workers`` batches wait (bounded memory)."""
     options: dict[str, Any] = {}
     if workers > 0:
         options = {"prefetch_factor": 2, "persistent_workers": False}

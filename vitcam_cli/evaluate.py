@@ -21,18 +21,21 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from vitcam_cli.data import (
+    DEFAULT_OVERLAY_SIDE,
     Box,
+    DecodePlan,
     ImageFiles,
     ImageItem,
+    default_workers,
     discover,
     folder_labels,
     make_loader,
+    output_folders,
     read_boxes,
     read_class_map,
     read_labels,
@@ -48,8 +51,16 @@ from vitcam_cli.metrics.insertion_deletion import BASELINES
 from vitcam_cli.metrics.localization import boxes_mask
 from vitcam_cli.models import LoadedModel, ModelSpec
 from vitcam_cli.outputs.atomic import atomic_text_stream, write_atomic, write_json_atomic
-from vitcam_cli.outputs.overlay import View, colormap_table, model_view, render_overlay
+from vitcam_cli.outputs.overlay import (
+    check_overlay_options,
+    colormap_table,
+    encode_overlay,
+    overlay_extension,
+    render_overlay,
+    view_in,
+)
 from vitcam_cli.outputs.report import (
+    THUMBNAIL_SIDE,
     Card,
     Gallery,
     Panel,
@@ -59,7 +70,9 @@ from vitcam_cli.outputs.report import (
     write_report,
 )
 from vitcam_cli.pipeline import EXIT_OK, EXIT_SOME_FAILED, library_versions
+from vitcam_cli.preprocessing import Preprocessing, View
 from vitcam_cli.runtime import autocast, check_precision, resolve_device
+from vitcam_cli.turns import Turns
 
 GALLERY_LIMIT = 100  # the report keeps this many worst and best images
 # metrics where higher is better: the ones --fail-under can gate on
@@ -83,6 +96,8 @@ class EvaluateOptions:
     seed: int = 0
     out: Path = Path("vitcam-eval")
     save_overlays: bool = False
+    overlay_format: str = "auto"  # auto (JPEG for JPEG inputs, else PNG), jpg, png or webp
+    overlay_size: int | None = DEFAULT_OVERLAY_SIDE  # the overlays' longest side; None: the original's
     insertion_deletion: bool = True
     steps: int = 20
     baseline: str = "blur"
@@ -91,7 +106,7 @@ class EvaluateOptions:
     as_json: bool = False
     markdown: bool = False
     batch_size: int = 16
-    workers: int = 1
+    workers: int | None = None  # decoding processes; None: default_workers(device)
     device: str = "auto"
     precision: str = "fp32"
     mask_batch: int | None = None
@@ -137,8 +152,9 @@ def _check(options: EvaluateOptions) -> None:
         raise VitcamError(
             f"--metric {options.metric}: use one of {', '.join(GATE_METRICS)} (higher is better)"
         )
-    if options.batch_size < 1 or options.workers < 0:
+    if options.batch_size < 1 or (options.workers is not None and options.workers < 0):
         raise VitcamError("--batch-size must be at least 1 and --workers at least 0")
+    check_overlay_options(options.overlay_format, options.overlay_size)
     if not options.data.is_dir():
         raise VitcamError(f"DATA {options.data}: not a folder")
     colormap_table(options.colormap)
@@ -250,7 +266,9 @@ def _evaluate(options: EvaluateOptions, device: torch.device) -> Part:
     console = Console(stderr=True, quiet=options.quiet)
     names = list(dict.fromkeys(canonical_name(spec) for spec in options.methods))
     check_precision(options.precision, device)
-    items = _subset(discover([str(options.data)]), options.limit, options.seed)
+    items = _subset(
+        discover([str(options.data)], skip=output_folders(options.out)), options.limit, options.seed
+    )
     if not items:
         raise VitcamError(f"DATA {options.data}: no images found")
     loaded = options.model.load(device)
@@ -297,8 +315,13 @@ def _evaluate(options: EvaluateOptions, device: torch.device) -> Part:
                 fail(item, truth)
             else:
                 runnable.append(item)
+        preprocessing = Preprocessing(loaded.transform)
+        # without saved overlays, a thumbnail-size copy is enough for the report's gallery
+        plan = DecodePlan(preprocessing, options.overlay_size if options.save_overlays else THUMBNAIL_SIDE)
+        turns = Turns(enabled=device.type == "cpu")
+        workers = default_workers(device) if options.workers is None else options.workers
         loader = make_loader(
-            ImageFiles(runnable, loaded.transform), options.batch_size, options.workers, device.type == "cuda"
+            ImageFiles(runnable, plan, turns), options.batch_size, workers, device.type == "cuda"
         )
         for batch in loader:
             for index, message in batch.failures:
@@ -306,30 +329,32 @@ def _evaluate(options: EvaluateOptions, device: torch.device) -> Part:
             if batch.images is None:
                 continue
             batch_items = [runnable[i] for i in batch.indices]
-            originals = [original.numpy() for original in batch.originals]
-            views = [model_view(loaded.transform, o.shape[1], o.shape[0]) for o in originals]
+            views = [preprocessing.view(size) for size in batch.sizes]
+            originals = [batch.overlay(position) for position in range(len(batch_items))]
             truth = None
             if truth_of is not None:
                 truth = torch.tensor([int(truth_of[item.path]) for item in batch_items])
             inside = None
             if boxes is not None:
                 moved = [
-                    input_boxes(boxes[item.path], view, input_size, original.shape[1], original.shape[0])
-                    for item, view, original in zip(batch_items, views, originals, strict=True)
+                    input_boxes(boxes[item.path], view, input_size, *size)
+                    for item, view, size in zip(batch_items, views, batch.sizes, strict=True)
                 ]
                 inside = boxes_mask(moved, input_size, device)
-            images = batch.images.to(device, non_blocking=True)
-            results = {
-                name: _explain_batch(record, loaded, images, truth, options, settings, inside)
-                for name, record in records.items()
-            }
+            images = preprocessing.finish(batch.images.to(device, non_blocking=True))
+            with turns.engine():
+                results = {
+                    name: _explain_batch(record, loaded, images, truth, options, settings, inside)
+                    for name, record in records.items()
+                }
             if truth is not None:
                 counts["labelled"] += len(batch_items)
                 counts["correct"] += int((results[names[0]].predicted == truth).sum())
             for position, item in enumerate(batch_items):
+                copy = originals[position]
+                view = view_in((copy.shape[1], copy.shape[0]), batch.sizes[position], views[position])
                 _record_image(
-                    item, position, results, originals[position], views[position], truth, loaded, options,
-                    rows, gallery,
+                    item, position, results, copy, view, truth, loaded, options, rows, gallery,
                 )  # fmt: skip
             counts["evaluated"] += len(batch_items)
             progress.advance(task, len(batch_items))
@@ -372,11 +397,10 @@ def _record_image(
     for name, result in results.items():
         link = None
         if options.save_overlays:
-            link = f"overlays/{name.replace(':', '-')}/{item.key}.png"
-            image = overlay(name)
-            write_atomic(
-                options.out / link, lambda h, image=image: Image.fromarray(image).save(h, format="PNG")
-            )
+            extension = overlay_extension(options.overlay_format, item.path)
+            link = f"overlays/{name.replace(':', '-')}/{item.key}.{extension}"
+            data = encode_overlay(overlay(name), extension)
+            write_atomic(options.out / link, lambda handle, data=data: handle.write(data))
         links[name] = link
         class_index = int(result.classes[position])
         predicted = int(result.predicted[position])

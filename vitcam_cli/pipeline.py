@@ -24,11 +24,15 @@ from rich.table import Table
 
 from vitcam_cli import __version__
 from vitcam_cli.data import (
+    DEFAULT_OVERLAY_SIDE,
     IMAGE_EXTENSIONS,
+    DecodePlan,
     ImageFiles,
     ImageItem,
+    default_workers,
     discover,
     make_loader,
+    output_folders,
     read_labels,
     read_path_list,
 )
@@ -42,15 +46,22 @@ from vitcam_cli.models import LoadedModel, ModelSpec
 from vitcam_cli.outputs.atomic import remove_stale_temporaries, write_json_atomic
 from vitcam_cli.outputs.manifest import Counts, Manifest
 from vitcam_cli.outputs.merge import merge_shards
-from vitcam_cli.outputs.overlay import View, colormap_table, model_view
-from vitcam_cli.outputs.report import Gallery, write_report
+from vitcam_cli.outputs.overlay import (
+    check_overlay_options,
+    colormap_table,
+    overlay_extension,
+    view_in,
+)
+from vitcam_cli.outputs.report import THUMBNAIL_SIDE, Gallery, write_report
 from vitcam_cli.outputs.writer import OutputWriter
+from vitcam_cli.preprocessing import Preprocessing
 from vitcam_cli.runtime import autocast, check_precision, resolve_device
 from vitcam_cli.targets import TargetRequest, ranks
+from vitcam_cli.turns import Turns
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # settings that change what is written: resuming into a folder written with others is refused
-RESUME_KEYS = ("model", "method", "targets", "colormap", "alpha")
+RESUME_KEYS = ("model", "method", "targets", "colormap", "alpha", "overlays")
 
 
 @dataclass
@@ -65,10 +76,13 @@ class ExplainOptions:
     labels: Path | None = None
     out: Path = Path("vitcam-out")
     save_maps: bool = False
+    overlays: bool = True
+    overlay_format: str = "auto"  # auto (JPEG for JPEG inputs, else PNG), jpg, png or webp
+    overlay_size: int | None = DEFAULT_OVERLAY_SIDE  # the overlays' longest side; None: the original's
     colormap: str = "inferno"
     alpha: float = 0.5
     batch_size: int = 8
-    workers: int = 1
+    workers: int | None = None  # decoding processes; None: default_workers(device)
     device: str = "auto"
     precision: str = "fp32"
     mask_batch: int | None = None
@@ -109,10 +123,11 @@ def _check_options(options: ExplainOptions) -> None:
         raise VitcamError(f"--alpha {options.alpha}: must be between 0 and 1")
     if options.batch_size < 1:
         raise VitcamError("--batch-size must be at least 1")
-    if options.workers < 0:
+    if options.workers is not None and options.workers < 0:
         raise VitcamError("--workers must be 0 (decode in the main process) or more")
     if options.mask_batch is not None and options.mask_batch < 1:
         raise VitcamError("--mask-batch must be at least 1 (or leave it out for automatic)")
+    check_overlay_options(options.overlay_format, options.overlay_size)
     if options.variant not in PRESETS:
         raise VitcamError(f"--variant {options.variant}: use one of {', '.join(PRESETS)}")
     if not options.inputs and options.files_from is None:
@@ -273,7 +288,7 @@ def _explain_shard(options: ExplainOptions, stdin: TextIO | None, stdout: TextIO
     check_precision(options.precision, device)
 
     listed = read_path_list(options.files_from, stdin) if options.files_from else []
-    items = discover(options.inputs, listed)
+    items = discover(options.inputs, listed, skip=output_folders(options.out))
     if not items:
         where = ", ".join(options.inputs) or options.files_from
         raise VitcamError(f"no images found in {where} (looked for {', '.join(IMAGE_EXTENSIONS)})")
@@ -297,6 +312,9 @@ def _explain_shard(options: ExplainOptions, stdin: TextIO | None, stdout: TextIO
         "targets": request.describe() | ({"labels": str(options.labels)} if options.labels else {}),
         "colormap": options.colormap,
         "alpha": options.alpha,
+        "overlays": {"format": options.overlay_format, "size": options.overlay_size or "original"}
+        if options.overlays
+        else None,
         "save_maps": options.save_maps,
         "batch_size": options.batch_size,
         "mask_batch": options.mask_batch or "auto",
@@ -315,7 +333,13 @@ def _explain_shard(options: ExplainOptions, stdin: TextIO | None, stdout: TextIO
     }
     write_json_atomic(options.out / f"summary{part}.json", summary)
 
-    manifest = Manifest(options.out, resume=options.skip_existing, needs_map=options.save_maps, part=part)
+    manifest = Manifest(
+        options.out,
+        resume=options.skip_existing,
+        needs_overlay=options.overlays,
+        needs_map=options.save_maps,
+        part=part,
+    )
     todo = [item for item in items if str(item.path) not in manifest.done]
     progress = _progress(console, disabled=options.quiet or not console.is_terminal)
     task = progress.add_task("explain", total=len(todo), rate="")
@@ -329,7 +353,10 @@ def _explain_shard(options: ExplainOptions, stdin: TextIO | None, stdout: TextIO
         rate = finished / max(time.perf_counter() - loop_started, 1e-9)
         progress.update(task, advance=1, rate=f"{rate:.1f} img/s")
 
-    writer = OutputWriter(options.out, manifest, emit, options.colormap, options.alpha, options.variant)
+    turns = Turns(enabled=device.type == "cpu")
+    writer = OutputWriter(
+        options.out, manifest, emit, options.colormap, options.alpha, options.variant, turns
+    )
     status = "complete"
     try:
         with progress:
@@ -340,7 +367,7 @@ def _explain_shard(options: ExplainOptions, stdin: TextIO | None, stdout: TextIO
                     writer.submit_rows([_error_row(item, label)])
                 else:
                     runnable.append(item)
-            _explain_items(runnable, loaded, explainer, request, labels, options, device, writer)
+            _explain_items(runnable, loaded, explainer, request, labels, options, device, writer, turns)
             writer.drain()
     except KeyboardInterrupt:
         status = "interrupted"
@@ -391,10 +418,18 @@ def _explain_items(
     options: ExplainOptions,
     device: torch.device,
     writer: OutputWriter,
+    turns: Turns,
 ) -> None:
     several = request.per_image > 1
-    dataset = ImageFiles(items, loaded.transform)
-    loader = make_loader(dataset, options.batch_size, options.workers, pin_memory=device.type == "cuda")
+    preprocessing = Preprocessing(loaded.transform)
+    # without overlay files, a thumbnail-size copy is enough for the report's gallery
+    plan = DecodePlan(preprocessing, options.overlay_size if options.overlays else THUMBNAIL_SIDE)
+    loader = make_loader(
+        ImageFiles(items, plan, turns),
+        options.batch_size,
+        default_workers(device) if options.workers is None else options.workers,
+        pin_memory=device.type == "cuda",
+    )
     for batch in loader:
         failures = dict(batch.failures)
         if batch.images is None:
@@ -405,8 +440,8 @@ def _explain_items(
         batch_labels = (
             torch.tensor([int(labels[item.path]) for item in batch_items]) if request.from_labels else None
         )
-        images = batch.images.to(device, non_blocking=True)
-        with torch.inference_mode(), autocast(options.precision, device):
+        images = preprocessing.finish(batch.images.to(device, non_blocking=True))
+        with turns.engine(), torch.inference_mode(), autocast(options.precision, device):
             result = explainer(images, request.chooser(batch_labels))
             values = {}
             if options.adcc:
@@ -421,13 +456,13 @@ def _explain_items(
         for row_index, item in enumerate(batch_items):
             for index in [i for i in failures if i < batch.indices[row_index]]:  # keep input order
                 writer.submit_rows([_error_row(items[index], failures.pop(index))])
-            original = batch.originals[row_index].numpy()
             problem = _non_finite(logits[row_index], maps[row_index], options.precision)
             if problem:
                 writer.submit_rows([_error_row(item, problem)])
                 continue
-            height, width = original.shape[:2]
-            box: View | None = model_view(loaded.transform, width, height)
+            width, height = size = batch.sizes[row_index]
+            overlay = batch.overlay(row_index)
+            extension = overlay_extension(options.overlay_format, item.path)
             rows = []
             for t in range(classes.shape[1]):
                 class_index = int(classes[row_index, t])
@@ -440,7 +475,9 @@ def _explain_items(
                         "class_name": loaded.class_names[class_index],
                         "probability": round(float(probabilities[row_index, t]), 6),
                         "rank": int(class_ranks[row_index, t]),
-                        "overlay": "overlays/" + _output_name(item, class_index, several, ".png"),
+                        "overlay": "overlays/" + _output_name(item, class_index, several, f".{extension}")
+                        if options.overlays
+                        else None,
                         "map": "maps/" + _output_name(item, class_index, several, ".npy")
                         if options.save_maps
                         else None,
@@ -452,6 +489,7 @@ def _explain_items(
                         },
                     }
                 )
-            writer.submit({"rows": rows, "maps": list(maps[row_index]), "original": original, "box": box})
+            view = view_in((overlay.shape[1], overlay.shape[0]), size, preprocessing.view(size))
+            writer.submit({"rows": rows, "maps": list(maps[row_index]), "overlay": overlay, "view": view})
         for index, message in failures.items():
             writer.submit_rows([_error_row(items[index], message)])

@@ -61,34 +61,33 @@ class Manifest:
     whole images only (at most a torn final line, which resuming drops).
     """
 
-    def __init__(self, out: Path, resume: bool, needs_map: bool, part: str = "") -> None:
+    def __init__(
+        self, out: Path, resume: bool, needs_map: bool, part: str = "", needs_overlay: bool = True
+    ) -> None:
         """``part`` names a shard's own files (``results.shard-0-of-4.jsonl``); empty for a whole run."""
         self.out = out
         self.jsonl = out / f"results{part}.jsonl"
         self.csv = out / "results.csv"
-        self.done: set[str] = self._recover(needs_map) if resume else set()
+        self.done: set[str] = self._recover(needs_overlay, needs_map) if resume else set()
         if not resume:
             write_atomic(self.jsonl, lambda handle: None)
         self.handle = self.jsonl.open("a", encoding="utf-8")
 
-    def _complete(self, rows: list[dict[str, Any]], needs_map: bool) -> bool:
-        for row in rows:
-            if (
-                row.get("status") != "ok"
-                or not row.get("overlay")
-                or not (self.out / row["overlay"]).is_file()
-            ):
-                return False
-            if needs_map and not (row.get("map") and (self.out / row["map"]).is_file()):
-                return False
-        return True
+    def _complete(self, rows: list[dict[str, Any]], needs: tuple[str, ...]) -> bool:
+        """Every row ok, and every file it must have (``needs``: overlay, map) on disk."""
+        return all(
+            row.get("status") == "ok"
+            and all(row.get(key) and (self.out / row[key]).is_file() for key in needs)
+            for row in rows
+        )
 
-    def _recover(self, needs_map: bool) -> set[str]:
+    def _recover(self, needs_overlay: bool, needs_map: bool) -> set[str]:
         """Keep the rows of images whose outputs are all on disk; everything else is redone."""
         by_path: dict[str, list[dict[str, Any]]] = {}
         for row in read_rows(self.jsonl):
             by_path.setdefault(row["path"], []).append(row)
-        done = {path for path, rows in by_path.items() if self._complete(rows, needs_map)}
+        needs = ("overlay",) * needs_overlay + ("map",) * needs_map
+        done = {path for path, rows in by_path.items() if self._complete(rows, needs)}
         kept = "".join(json.dumps(row) + "\n" for path in by_path if path in done for row in by_path[path])
         write_atomic(self.jsonl, lambda handle: handle.write(kept.encode()))
         return done

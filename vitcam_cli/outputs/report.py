@@ -31,6 +31,7 @@ METRIC_ORDER = (
 # for these a lower value is the better explanation, so "worst first" means descending
 LOWER_IS_BETTER = ("average_drop", "complexity", "deletion")
 THUMBNAIL_QUALITY = 80
+THUMBNAIL_SIDE = 192  # the longest side of a gallery thumbnail, in pixels
 
 
 @dataclass
@@ -69,10 +70,10 @@ def card_from_dict(data: dict[str, Any]) -> Card:
     return Card(data["title"], data["label"], panels)
 
 
-def thumbnail(image: np.ndarray, max_side: int = 192) -> bytes:
+def thumbnail(image: np.ndarray, max_side: int = THUMBNAIL_SIDE) -> bytes:
     """(H, W, 3) uint8 overlay -> JPEG bytes, longer side at most ``max_side``; keeps the page light."""
     picture = Image.fromarray(image)
-    picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    picture.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=1.5)
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY)
     return buffer.getvalue()
