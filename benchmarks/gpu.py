@@ -47,8 +47,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
-    from vitcam_cli.bench import device_name
-    from vitcam_cli.pipeline import library_versions
+    from vitcam_cli.runtime import device_name, library_versions
 
     device = torch.device(args.device)
     runs = []

@@ -225,9 +225,8 @@ def main() -> None:
     parser.add_argument("--name", default="pipeline-cpu")
     args = parser.parse_args()
 
-    from vitcam_cli.bench import device_name
-    from vitcam_cli.data import DEFAULT_OVERLAY_SIDE
-    from vitcam_cli.pipeline import library_versions
+    from vitcam_cli.defaults import DEFAULT_OVERLAY_SIDE
+    from vitcam_cli.runtime import device_name, library_versions
 
     folders: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:

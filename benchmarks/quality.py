@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vitcam_cli.evaluate import EvaluateOptions, run_evaluate
+
 from vitcam_cli.metrics.aggregate import METRICS
 from vitcam_cli.models import ModelSpec
 

@@ -25,8 +25,9 @@ from typing import Any
 
 from quality import BASELINES, RESULTS, describe_run, evaluate, markdown, test_images
 
+from vitcam_cli.defaults import DEFAULT_PRESET
 from vitcam_cli.methods.factory import canonical_name
-from vitcam_cli.methods.reciprocam import DEFAULT_PRESET, PRESETS
+from vitcam_cli.methods.reciprocam import PRESETS
 
 REFINEMENTS = (
     "score=contrast", "subtract=empty", "fuse=2", "subtract=empty,score=contrast", "subtract=empty,fuse=2",

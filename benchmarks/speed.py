@@ -20,9 +20,9 @@ import timm
 import torch
 from pytorch_grad_cam import GradCAM
 
-from vitcam_cli.bench import BenchOptions, device_name, run_bench, time_pair
+from vitcam_cli.commands.bench import BenchOptions, run_bench, time_pair
 from vitcam_cli.models import ModelSpec
-from vitcam_cli.runtime import autocast, resolve_device
+from vitcam_cli.runtime import autocast, device_name, resolve_device
 
 ROWS = [
     # (label, BenchOptions overrides)

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from tests.conftest import BROKEN_IMAGES, CLASS_NAMES, GOOD_IMAGES
 from vitcam_cli.cli import app
 from vitcam_cli.data import decode_image
-from vitcam_cli.outputs.manifest import ROW_FIELDS
+from vitcam_cli.outputs.rows import EXPLAIN_COLUMNS as ROW_FIELDS
 
 VITCAM = [sys.executable, "-m", "vitcam_cli"]
 

@@ -10,12 +10,12 @@ import torch
 
 from tests.models import input_size, tiny_vit
 from vitcam_cli.engine.geometry import token_layout
-from vitcam_cli.measure import MetricSettings, measure
 from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM
 from vitcam_cli.metrics.adcc import adcc_parts, scale_to_input
 from vitcam_cli.metrics.aggregate import Totals
 from vitcam_cli.metrics.insertion_deletion import area_under, curves
 from vitcam_cli.metrics.localization import boxes_mask, energy_in_box, pointing_game
+from vitcam_cli.metrics.measure import MetricSettings, measure
 
 
 def bilinear(grid: np.ndarray, height: int, width: int) -> np.ndarray:

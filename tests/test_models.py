@@ -23,7 +23,7 @@ def test_resolve_model_name(tiny_model, tmp_path):
     with pytest.raises(VitcamError, match=r"no config\.json"):
         resolve_model_name(str(tmp_path))
     (tmp_path / "weights.pth").write_bytes(b"")
-    with pytest.raises(VitcamError, match="--checkpoint"):
+    with pytest.raises(VitcamError, match="is a file: pass the architecture as model and the file as"):
         resolve_model_name(str(tmp_path / "weights.pth"))
 
 
@@ -94,7 +94,7 @@ def test_checkpoint_with_other_head_names_the_fix(tiny_model, tmp_path):
     weights["head.weight"] = torch.zeros(9, weights["head.weight"].shape[1])
     weights["head.bias"] = torch.zeros(9)
     torch.save(weights, tmp_path / "w.pt")
-    with pytest.raises(VitcamError, match="--num-classes 9"):
+    with pytest.raises(VitcamError, match="add num_classes 9"):
         load_model(f"local-dir:{tiny_model}", checkpoint=tmp_path / "w.pt")
 
 

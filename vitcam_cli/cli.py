@@ -1,24 +1,28 @@
-"""The ``vitcam`` command line: parse options, call a pipeline, turn errors into one line and an exit code."""
+"""The ``vitcam`` command line: Typer options (each declared once), config files, flag names, one line per
+error and exit codes. The library below it speaks of parameters, never of flags; this module names
+them. Everything heavy is imported inside the commands, so ``vitcam --help`` and ``vitcam --version``
+answer without loading torch.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
+import inspect
 import json
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
 from vitcam_cli import __version__
+from vitcam_cli import defaults as D
 from vitcam_cli.config import load_config
-from vitcam_cli.data import DEFAULT_OVERLAY_SIDE
-from vitcam_cli.distributed import parse_shard
-from vitcam_cli.errors import VitcamError
-from vitcam_cli.methods.reciprocam import DEFAULT_PRESET
-from vitcam_cli.models import ModelSpec
-from vitcam_cli.outputs.overlay import DEFAULT_COLORMAP
+from vitcam_cli.errors import ParameterError, VitcamError, naming
 
 app = typer.Typer(
     name="vitcam",
@@ -28,8 +32,12 @@ app = typer.Typer(
     add_completion=False,
 )
 
-MODEL, METHOD, TARGETS, OUTPUT, RUN = "Model", "ViT-ReciproCAM", "Classes to explain", "Output", "Run"
-Variant = Literal["official", "otx", "openvino-xai"]
+MODEL, METHOD, TARGETS, OUTPUT, RUN, DATA, METRICS = (
+    "Model", "ViT-ReciproCAM", "Classes to explain", "Output", "Run", "Data", "Metrics",
+)  # fmt: skip
+EXIT_INTERRUPTED = 130
+# library parameters whose flag has another name
+FLAG_ALIASES = {"fuse": "fuse_blocks", "method": "methods"}
 
 
 def _config_callback(ctx: typer.Context, value: Path | None) -> Path | None:
@@ -43,7 +51,20 @@ def _config_callback(ctx: typer.Context, value: Path | None) -> Path | None:
     return value
 
 
-# options shared by several commands
+def _choice(names: tuple[str, ...]) -> Any:
+    return Literal[names]
+
+
+def _method_option(help: str, *names: str) -> Any:
+    """A ViT-ReciproCAM option whose default comes from the preset (so it is not shown as a value)."""
+    return typer.Option(*names, help=help, rich_help_panel=METHOD, show_default=False)
+
+
+def _run_option(help: str, *names: str, **settings: Any) -> Any:
+    return typer.Option(*names, help=help, rich_help_panel=RUN, **settings)
+
+
+# every option, declared once; commands that take one share its declaration
 ModelOption = Annotated[
     str | None,
     typer.Option(
@@ -74,90 +95,67 @@ ImgSizeOption = Annotated[
     str | None,
     typer.Option(help="Override the input size: 224 or HEIGHTxWIDTH (e.g. 112x160).", rich_help_panel=MODEL),
 ]
+VARIANT_HELP = (
+    "Preset of the published implementations: official = block -2, skip input, softmax; "
+    "otx = block -1, skip ln, softmax; openvino-xai = block -1, skip masked-input, logit."
+)
+VariantOption = Annotated[_choice(D.PRESET_NAMES), typer.Option(help=VARIANT_HELP, rich_help_panel=METHOD)]
 KernelOption = Annotated[
-    Literal["gaussian", "single"] | None,
-    typer.Option(
-        help="Mask: 3x3 Gaussian window or the single token (1x1). (default: gaussian)",
-        rich_help_panel=METHOD, show_default=False,
-    ),
-]  # fmt: skip
+    _choice(D.KERNELS) | None,
+    _method_option("Mask: 3x3 Gaussian window or the single token (1x1). (default: gaussian)"),
+]
 TargetBlockOption = Annotated[
     int | None,
-    typer.Option(
-        help="Block whose first LayerNorm output is masked (-1 = last). (default: from --variant)",
-        rich_help_panel=METHOD, show_default=False,
-    ),
-]  # fmt: skip
+    _method_option("Block whose first LayerNorm output is masked (-1 = last). (default: from --variant)"),
+]
 SkipOption = Annotated[
-    Literal["ln", "masked-input", "input"] | None,
-    typer.Option(
-        help="What the target block's skip path carries: the masked LayerNorm output, the masked block "
-        "input, or the unmasked block input. (default: from --variant)",
-        rich_help_panel=METHOD, show_default=False,
+    _choice(D.SKIPS) | None,
+    _method_option(
+        "What the target block's skip path carries: the masked LayerNorm output, the masked block input, or "
+        "the unmasked block input. (default: from --variant)"
     ),
-]  # fmt: skip
+]
 ScoreOption = Annotated[
-    Literal["softmax", "logit", "contrast"] | None,
-    typer.Option(
-        help="Class score of each masked copy; contrast = the class logit minus the log-sum-exp of the other "
-        "classes. (default: from --variant)",
-        rich_help_panel=METHOD, show_default=False,
+    _choice(D.SCORES) | None,
+    _method_option(
+        "Class score of each masked copy; contrast = the class logit minus the log-sum-exp of the other "
+        "classes. (default: from --variant)"
     ),
-]  # fmt: skip
+]
 SubtractOption = Annotated[
-    Literal["none", "empty"] | None,
-    typer.Option(
-        help="empty: subtract the score of the copy with every patch token masked out and keep the positive "
-        "part (only windows that raise the class count). (default: none)",
-        rich_help_panel=METHOD, show_default=False,
+    _choice(D.SUBTRACTS) | None,
+    _method_option(
+        "empty: subtract the score of the copy with every patch token masked out and keep the positive part "
+        "(only windows that raise the class count). (default: none)"
     ),
-]  # fmt: skip
+]
 FuseOption = Annotated[
     int | None,
-    typer.Option(
-        "--fuse-blocks",
-        help="Average the maps of the target block and the N-1 blocks before it. (default: 1)",
-        rich_help_panel=METHOD, show_default=False,
+    _method_option(
+        "Average the maps of the target block and the N-1 blocks before it. (default: 1)", "--fuse-blocks"
     ),
-]  # fmt: skip
+]
 MaskBatchOption = Annotated[
     int | None,
-    typer.Option(
-        help="Masked sequences per forward chunk (bounds peak memory). (default: automatic)",
-        rich_help_panel=METHOD, show_default=False,
-    ),
-]  # fmt: skip
+    _method_option("Masked sequences per forward chunk (bounds peak memory). (default: automatic)"),
+]
 EngineOption = Annotated[
-    Literal["auto", "fast", "dense"],
+    _choice(D.ENGINES),
     typer.Option(
         help="fast: the exact compressed path (standard timm ViT blocks); dense: every masked copy at full "
         "length; auto: fast wherever it is exact.",
         rich_help_panel=METHOD,
     ),
 ]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN)]
-PrecisionOption = Annotated[
-    Literal["fp32", "bf16", "fp16"],
-    typer.Option(help="Autocast precision (fp16 on CUDA only); scores stay float32.", rich_help_panel=RUN),
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=OUTPUT)]
+ColormapOption = Annotated[
+    str, typer.Option(help="Any matplotlib colormap for the overlays.", rich_help_panel=OUTPUT)
 ]
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        help="TOML file with any of these options (flags on the command line win).",
-        callback=_config_callback, is_eager=True, rich_help_panel=RUN,
-    ),
-]  # fmt: skip
-DebugOption = Annotated[bool, typer.Option(help="Show full tracebacks for errors.", rich_help_panel=RUN)]
-ShardOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Process only shard I of N (every N-th image from the I-th, 0-based) into part files; combine "
-        "the finished shards with 'vitcam merge'. Under torchrun each rank takes its shard itself.",
-        rich_help_panel=RUN,
-    ),
+AlphaOption = Annotated[
+    float, typer.Option(help="Heatmap opacity over the image (0..1).", rich_help_panel=OUTPUT)
 ]
 OverlayFormatOption = Annotated[
-    Literal["auto", "jpg", "png", "webp"],
+    _choice(D.OVERLAY_FORMATS),
     typer.Option(
         help="Overlay file format; auto: JPEG for JPEG inputs, PNG for every other input.",
         rich_help_panel=OUTPUT,
@@ -170,10 +168,30 @@ OverlaySizeOption = Annotated[
         rich_help_panel=OUTPUT,
     ),
 ]
-VARIANT_HELP = (
-    "Preset of the published implementations: official = block -2, skip input, softmax; "
-    "otx = block -1, skip ln, softmax; openvino-xai = block -1, skip masked-input, logit."
+WORKERS_HELP = (
+    "Image-decoding worker processes (0 = in the main process). (default: min(4, cores) on a CPU, "
+    "min(4, cores - 1) with a GPU)"
 )
+SHARD_HELP = (
+    "Process only shard I of N (every N-th image from the I-th, 0-based) into part files; combine the "
+    "finished shards with 'vitcam merge'. Under torchrun each rank takes its shard itself."
+)
+BatchSizeOption = Annotated[int, _run_option("Images per batch.", "--batch-size", "-b")]
+WorkersOption = Annotated[int | None, _run_option(WORKERS_HELP, show_default=False)]
+DeviceOption = Annotated[str, _run_option("auto, cpu, cuda or cuda:N.")]
+PrecisionOption = Annotated[
+    _choice(D.PRECISIONS), _run_option("Autocast precision (fp16 on CUDA only); scores stay float32.")
+]
+QuietOption = Annotated[bool, _run_option("No progress bar or summary table.", "--quiet", "-q")]
+ShardOption = Annotated[str | None, _run_option(SHARD_HELP)]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="TOML file with any of these options (flags on the command line win).",
+        callback=_config_callback, is_eager=True, rich_help_panel=RUN,
+    ),
+]  # fmt: skip
+DebugOption = Annotated[bool, typer.Option(help="Show full tracebacks for errors.", rich_help_panel=RUN)]
 
 
 def _version(value: bool) -> None:
@@ -191,6 +209,55 @@ def _main(
     """Explain ViT predictions with ViT-ReciproCAM: overlays, raw maps and a manifest for every image."""
 
 
+def flag_namer(command: Any) -> Callable[[str], str]:
+    """How ``command`` names a library parameter: by its flag (``fuse`` -> ``--fuse-blocks``), or by its
+    argument (``data`` -> ``DATA``)."""
+    names = {}
+    for param in command.params:
+        long = [opt for opt in param.opts if opt.startswith("--")]
+        names[param.name] = long[0] if long else (param.name or "").upper()
+
+    def flag(parameter: str) -> str:
+        found = names.get(parameter) or names.get(FLAG_ALIASES.get(parameter, ""))
+        return found or "--" + parameter.replace("_", "-")
+
+    return flag
+
+
+def _run(context: typer.Context, action: Callable[[], int], debug: bool) -> None:
+    """Run a command; a user error is one line on stderr (a traceback only with --debug)."""
+    with one_line_errors(context, debug):
+        code = action()
+    if code == EXIT_INTERRUPTED:  # even with --quiet: the one line that says how to get the rest
+        print("interrupted: rerun the same command with --skip-existing to resume", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def one_line_errors(context: typer.Context, debug: bool) -> Iterator[None]:
+    """Errors inside become one line on stderr and an exit code; messages name parameters by their flags."""
+    token = naming.set(flag_namer(context.command))
+    try:
+        yield
+    except VitcamError as error:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {error}", file=sys.stderr)
+        raise typer.Exit(error.exit_code) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as error:
+        if debug:
+            raise
+        print(
+            f"error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", file=sys.stderr
+        )
+        raise typer.Exit(2) from None
+    finally:
+        naming.reset(token)
+
+
 def _parse_img_size(value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -200,7 +267,7 @@ def _parse_img_size(value: str | None) -> tuple[int, int] | None:
     except ValueError:
         sizes = []
     if len(sizes) not in (1, 2) or min(sizes, default=0) < 1:
-        raise VitcamError(f"--img-size {value}: use one number (224) or HEIGHTxWIDTH (112x160)")
+        raise ParameterError("img_size", "use one number (224) or HEIGHTxWIDTH (112x160)", value)
     return (sizes[0], sizes[-1])
 
 
@@ -213,60 +280,151 @@ def _parse_overlay_size(value: str) -> int | None:
     except ValueError:
         side = 0
     if side < 1:
-        raise VitcamError(f"--overlay-size {value}: use 'original' or a longest side in pixels (e.g. 1024)")
+        raise ParameterError("overlay_size", "use 'original' or a longest side in pixels (e.g. 768)", value)
     return side
 
 
-def _model_spec(
-    model: str | None,
-    checkpoint: Path | None,
-    pretrained: bool,
-    num_classes: int | None,
-    img_size: str | None,
-) -> ModelSpec:
+def uses(**groups: Callable[..., Any]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the options of each group, a function whose parameters are options, and under the
+    group's name what the group builds from them (``@uses(model=model_spec)`` gives it ``model``): each
+    group of options is declared once and shared by the commands that take it."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        own = list(inspect.signature(command, eval_str=True).parameters.values())
+        taken = {
+            name: list(inspect.signature(group, eval_str=True).parameters.values())
+            for name, group in groups.items()
+        }
+        leading = [parameter for parameter in own if parameter.default is inspect.Parameter.empty]
+        rest = [parameter for parameter in own if parameter not in leading and parameter.name not in groups]
+        parameters = [*leading, *(p for ps in taken.values() for p in ps), *rest]
+
+        @functools.wraps(command)
+        def wrapper(**given: Any) -> None:
+            with one_line_errors(given["ctx"], given.get("debug", False)):
+                for name, group in groups.items():
+                    given[name] = group(
+                        **{parameter.name: given.pop(parameter.name) for parameter in taken[name]}
+                    )
+            command(**given)
+
+        wrapper.__signature__ = inspect.Signature(
+            [parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY) for parameter in parameters]
+        )
+        wrapper.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+        return wrapper
+
+    return decorate
+
+
+def model_spec(
+    model: ModelOption = None,
+    checkpoint: CheckpointOption = None,
+    pretrained: PretrainedOption = True,
+    num_classes: NumClassesOption = None,
+    img_size: ImgSizeOption = None,
+) -> Any:
+    """The model options as the library's ModelSpec."""
+    from vitcam_cli.models import ModelSpec
+
     if model is None:
-        raise VitcamError("--model is required (a timm name, hf-hub:ORG/NAME, local-dir:PATH or a folder)")
+        raise ParameterError("model", "is required: a timm name, hf-hub:ORG/NAME, local-dir:PATH or a folder")
     return ModelSpec(model, checkpoint, pretrained, num_classes, _parse_img_size(img_size))
 
 
-def _overrides(
-    kernel: str | None,
-    target_block: int | None,
-    skip: str | None,
-    score: str | None,
-    subtract: str | None,
-    fuse: int | None,
+def method_overrides(
+    kernel: KernelOption = None,
+    target_block: TargetBlockOption = None,
+    skip: SkipOption = None,
+    score: ScoreOption = None,
+    subtract: SubtractOption = None,
+    fuse_blocks: FuseOption = None,
 ) -> dict[str, object]:
-    """The method options given explicitly: they win over the --variant preset."""
+    """The ViT-ReciproCAM options given explicitly: they win over the --variant preset."""
     given = {"kernel": kernel, "target_block": target_block, "skip": skip, "score": score}
-    given |= {"subtract": subtract, "fuse": fuse}
-    return {name: value for name, value in given.items() if value is not None}
+    return {
+        name: value
+        for name, value in (given | {"subtract": subtract, "fuse": fuse_blocks}).items()
+        if value is not None
+    }
 
 
-def _run(action: Callable[[], int], debug: bool) -> None:
-    """Run a pipeline; a user error is one line on stderr (a traceback only with --debug)."""
-    try:
-        code = action()
-    except VitcamError as error:
-        if debug:
-            traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
-        raise typer.Exit(error.exit_code) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise typer.Exit(130) from None
-    except Exception as error:
-        if debug:
-            raise
-        print(
-            f"error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", file=sys.stderr
-        )
-        raise typer.Exit(2) from None
-    raise typer.Exit(code)
+def run_settings(
+    workers: WorkersOption = None,
+    device: DeviceOption = D.DEFAULT_DEVICE,
+    precision: PrecisionOption = "fp32",
+    mask_batch: MaskBatchOption = None,
+    engine: EngineOption = "auto",
+) -> Any:
+    """The options of how a run computes, as the library's RunSettings (the command sets the batch)."""
+    from vitcam_cli.runner import RunSettings
+
+    return RunSettings(
+        workers=workers, device=device, precision=precision, mask_batch=mask_batch, engine=engine
+    )
+
+
+def overlay_settings(
+    colormap: ColormapOption = D.DEFAULT_COLORMAP,
+    alpha: AlphaOption = D.DEFAULT_ALPHA,
+    overlay_format: OverlayFormatOption = "auto",
+    overlay_size: OverlaySizeOption = str(D.DEFAULT_OVERLAY_SIDE),
+) -> Any:
+    """The overlay options as the library's OverlaySettings."""
+    from vitcam_cli.outputs.overlay import OverlaySettings
+
+    return OverlaySettings(colormap, alpha, overlay_format, _parse_overlay_size(overlay_size))
+
+
+def _options(kind: type, given: dict[str, Any], batch_size: int, **computed: Any) -> Any:
+    """A command's options (the dataclass ``kind``) from the command's parameters of the same names; the
+    batch size goes into the run settings."""
+    names = {field.name for field in dataclasses.fields(kind)}
+    chosen = {name: value for name, value in given.items() if name in names}
+    run = dataclasses.replace(given["run"], batch_size=batch_size)
+    return kind(**chosen | computed | {"run": run})
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """How a run command is launched: its shard, whether it is quiet, whether errors show tracebacks."""
+
+    shard: str | None
+    quiet: bool
+    debug: bool
+
+    def start(self, context: typer.Context, make: Callable[[], Any], device: str) -> None:
+        """Run the command ``make()`` builds: in this process, as a shard or as a torchrun rank."""
+        from vitcam_cli.distributed import parse_shard
+        from vitcam_cli.runner import run_command
+
+        def action() -> int:
+            shard = parse_shard(self.shard) if self.shard else None
+            return run_command(make(), shard, device, self.quiet)
+
+        _run(context, action, self.debug)
+
+
+def launch_settings(
+    shard: ShardOption = None,
+    quiet: QuietOption = False,
+    config: ConfigOption = None,
+    debug: DebugOption = False,
+) -> Launch:
+    """The options every run command takes (``config`` acts through its callback)."""
+    return Launch(shard, quiet, debug)
 
 
 @app.command()
+@uses(
+    model=model_spec,
+    overrides=method_overrides,
+    run=run_settings,
+    overlay=overlay_settings,
+    launch=launch_settings,
+)
 def explain(
+    ctx: typer.Context,
     inputs: Annotated[
         list[str] | None,
         typer.Argument(help="Image files and folders (searched recursively).", show_default=False),
@@ -275,20 +433,7 @@ def explain(
         str | None,
         typer.Option("--files-from", help="Also read image paths, one per line, from FILE ('-' for stdin)."),
     ] = None,
-    model: ModelOption = None,
-    checkpoint: CheckpointOption = None,
-    pretrained: PretrainedOption = True,
-    num_classes: NumClassesOption = None,
-    img_size: ImgSizeOption = None,
-    variant: Annotated[Variant, typer.Option(help=VARIANT_HELP, rich_help_panel=METHOD)] = DEFAULT_PRESET,
-    kernel: KernelOption = None,
-    target_block: TargetBlockOption = None,
-    skip: SkipOption = None,
-    score: ScoreOption = None,
-    subtract: SubtractOption = None,
-    fuse_blocks: FuseOption = None,
-    mask_batch: MaskBatchOption = None,
-    engine: EngineOption = "auto",
+    variant: VariantOption = D.DEFAULT_PRESET,
     classes: Annotated[
         list[str] | None,
         typer.Option(
@@ -310,9 +455,7 @@ def explain(
             rich_help_panel=TARGETS,
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=OUTPUT)] = Path(
-        "vitcam-out"
-    ),
+    out: OutOption = Path("vitcam-out"),
     save_maps: Annotated[
         bool,
         typer.Option(
@@ -326,14 +469,6 @@ def explain(
             rich_help_panel=OUTPUT,
         ),
     ] = True,
-    overlay_format: OverlayFormatOption = "auto",
-    overlay_size: OverlaySizeOption = str(DEFAULT_OVERLAY_SIDE),
-    colormap: Annotated[
-        str, typer.Option(help="Any matplotlib colormap for the overlays.", rich_help_panel=OUTPUT)
-    ] = DEFAULT_COLORMAP,
-    alpha: Annotated[
-        float, typer.Option(help="Heatmap opacity over the image (0..1).", rich_help_panel=OUTPUT)
-    ] = 0.5,
     adcc: Annotated[
         bool,
         typer.Option(
@@ -354,75 +489,33 @@ def explain(
             help="Also print each result row as JSON on stdout (for pipes).", rich_help_panel=OUTPUT
         ),
     ] = False,
-    shard: ShardOption = None,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", "-b", help="Images per batch.", rich_help_panel=RUN)
-    ] = 8,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            help="Image-decoding worker processes (0 = in the main process). (default: min(4, cores) on a "
-            "CPU, min(4, cores - 1) with a GPU)",
-            rich_help_panel=RUN,
-            show_default=False,
-        ),
-    ] = None,
-    device: DeviceOption = "auto",
-    precision: PrecisionOption = "fp32",
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.", rich_help_panel=RUN)
-    ] = False,
-    config: ConfigOption = None,
-    debug: DebugOption = False,
+    batch_size: BatchSizeOption = D.EXPLAIN_BATCH,
+    model: Any = None,
+    overrides: Any = None,
+    run: Any = None,
+    overlay: Any = None,
+    launch: Any = None,
 ) -> None:
     """Explain every image: overlays/, maps/ (--save-maps), results.jsonl/.csv and summary.json under --out.
 
     Exit codes: 0 all images explained, 1 finished but some inputs failed, 2 usage or model error.
     """
-    from vitcam_cli.pipeline import ExplainOptions, run_explain
+    given = dict(locals())
 
-    def action() -> int:
-        options = ExplainOptions(
-            inputs=list(inputs or []),
-            files_from=files_from,
-            model=_model_spec(model, checkpoint, pretrained, num_classes, img_size),
-            variant=variant,
-            overrides=_overrides(kernel, target_block, skip, score, subtract, fuse_blocks),
-            classes=list(classes or []),
-            top_k=top_k,
-            labels=labels,
-            out=out,
-            save_maps=save_maps,
-            overlays=overlays,
-            overlay_format=overlay_format,
-            overlay_size=_parse_overlay_size(overlay_size),
-            colormap=colormap,
-            alpha=alpha,
-            batch_size=batch_size,
-            workers=workers,
-            device=device,
-            precision=precision,
-            mask_batch=mask_batch,
-            engine=engine,
-            adcc=adcc,
-            shard=parse_shard(shard) if shard else None,
-            skip_existing=skip_existing,
-            quiet=quiet,
-            jsonl=jsonl,
-        )
-        return run_explain(options)
+    def command() -> Any:
+        from vitcam_cli.commands.explain import Explain, ExplainOptions
 
-    _run(action, debug)
+        lists = {"inputs": list(inputs or []), "classes": list(classes or [])}
+        return Explain(_options(ExplainOptions, given, batch_size, **lists))
+
+    launch.start(ctx, command, run.device)
 
 
 @app.command()
+@uses(model=model_spec, run=run_settings, overlay=overlay_settings, launch=launch_settings)
 def evaluate(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="Dataset folder (searched recursively).", show_default=False)],
-    model: ModelOption = None,
-    checkpoint: CheckpointOption = None,
-    pretrained: PretrainedOption = True,
-    num_classes: NumClassesOption = None,
-    img_size: ImgSizeOption = None,
     methods: Annotated[
         list[str] | None,
         typer.Option(
@@ -434,17 +527,15 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
-    mask_batch: MaskBatchOption = None,
-    engine: EngineOption = "auto",
     labels: Annotated[
         Path | None,
-        typer.Option(help="CSV 'file,label' (index or class name).", rich_help_panel="Data"),
+        typer.Option(help="CSV 'file,label' (index or class name).", rich_help_panel=DATA),
     ] = None,
     class_map: Annotated[
         Path | None,
         typer.Option(
             help="CSV 'folder,class' for ImageFolder trees whose folders are not class names.",
-            rich_help_panel="Data",
+            rich_help_panel=DATA,
         ),
     ] = None,
     boxes: Annotated[
@@ -452,138 +543,91 @@ def evaluate(
         typer.Option(
             help="CSV 'file,x1,y1,x2,y2' (original-image pixels, x2/y2 exclusive; several rows per file): "
             "adds the pointing game and energy-in-box.",
-            rich_help_panel="Data",
+            rich_help_panel=DATA,
         ),
     ] = None,
     target: Annotated[
-        Literal["predicted", "label"],
-        typer.Option(help="Explain the predicted class or the labelled one.", rich_help_panel="Data"),
+        _choice(D.TARGETS),
+        typer.Option(help="Explain the predicted class or the labelled one.", rich_help_panel=DATA),
     ] = "predicted",
     limit: Annotated[
         int | None,
-        typer.Option(help="Evaluate a random subset of N images (see --seed).", rich_help_panel="Data"),
+        typer.Option(help="Evaluate a random subset of N images (see --seed).", rich_help_panel=DATA),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the --limit subset.", rich_help_panel="Data")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the --limit subset.", rich_help_panel=DATA)] = 0,
     insertion_deletion: Annotated[
         bool,
         typer.Option(
             help="Also compute insertion and deletion AUC (2 x (steps+1) forward passes per image).",
-            rich_help_panel="Metrics",
+            rich_help_panel=METRICS,
         ),
     ] = True,
     steps: Annotated[
-        int, typer.Option(help="Steps of the insertion/deletion curves.", rich_help_panel="Metrics")
+        int, typer.Option(help="Steps of the insertion/deletion curves.", rich_help_panel=METRICS)
     ] = 20,
     baseline: Annotated[
-        Literal["blur", "zero"],
-        typer.Option(help="What deleted pixels become: a blurred copy or zeros.", rich_help_panel="Metrics"),
+        _choice(D.DELETION_BASELINES),
+        typer.Option(help="What deleted pixels become: a blurred copy or zeros.", rich_help_panel=METRICS),
     ] = "blur",
     bootstrap: Annotated[
         int,
         typer.Option(
             help="Add 95% bootstrap intervals (this many resamples of the images) to every metric.",
-            rich_help_panel="Metrics",
+            rich_help_panel=METRICS,
         ),
     ] = 0,
     fail_under: Annotated[
         float | None,
         typer.Option(
             help="Exit 1 when the first method's --metric is below this value (CI gate).",
-            rich_help_panel="Metrics",
+            rich_help_panel=METRICS,
         ),
     ] = None,
     metric: Annotated[
-        Literal["adcc", "adcc_mean", "coherency", "insertion", "pointing_game", "energy_in_box"],
-        typer.Option(help="The metric --fail-under gates on.", rich_help_panel="Metrics"),
+        _choice(D.GATE_METRICS),
+        typer.Option(help="The metric --fail-under gates on.", rich_help_panel=METRICS),
     ] = "adcc",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=OUTPUT)] = Path(
-        "vitcam-eval"
-    ),
+    out: OutOption = Path("vitcam-eval"),
     save_overlays: Annotated[
         bool, typer.Option(help="Keep every method's overlay of every image.", rich_help_panel=OUTPUT)
     ] = False,
-    overlay_format: OverlayFormatOption = "auto",
-    overlay_size: OverlaySizeOption = str(DEFAULT_OVERLAY_SIDE),
-    colormap: Annotated[
-        str, typer.Option(help="Any matplotlib colormap for the overlays.", rich_help_panel=OUTPUT)
-    ] = DEFAULT_COLORMAP,
-    alpha: Annotated[float, typer.Option(help="Heatmap opacity (0..1).", rich_help_panel=OUTPUT)] = 0.5,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print metrics.json to stdout.", rich_help_panel=OUTPUT)
     ] = False,
     markdown: Annotated[
         bool, typer.Option(help="Print the comparison as a Markdown table to stdout.", rich_help_panel=OUTPUT)
     ] = False,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", "-b", help="Images per batch.", rich_help_panel=RUN)
-    ] = 16,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            help="Image-decoding worker processes (0 = in the main process). (default: min(4, cores) on a "
-            "CPU, min(4, cores - 1) with a GPU)",
-            rich_help_panel=RUN,
-            show_default=False,
-        ),
-    ] = None,
-    device: DeviceOption = "auto",
-    precision: PrecisionOption = "fp32",
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar or table.", rich_help_panel=RUN)
-    ] = False,
-    shard: ShardOption = None,
-    config: ConfigOption = None,
-    debug: DebugOption = False,
+    batch_size: BatchSizeOption = D.EVALUATE_BATCH,
+    run: Any = None,
+    model: Any = None,
+    launch: Any = None,
+    overlay: Any = None,
 ) -> None:
     """Measure saliency methods on a dataset: ADCC, insertion/deletion, pointing game, energy-in-box.
 
     Writes metrics.json, per_image.csv and report.html under --out. Exit codes: 0 ok, 1 some inputs failed
     or the --fail-under gate failed, 2 usage or model error.
     """
-    from vitcam_cli.evaluate import EvaluateOptions, run_evaluate
+    given = dict(locals())
 
-    def action() -> int:
-        specs = [spec for value in (methods or ["reciprocam"]) for spec in value.split(",") if spec.strip()]
-        options = EvaluateOptions(
-            data=data,
-            model=_model_spec(model, checkpoint, pretrained, num_classes, img_size),
-            labels=labels,
-            boxes=boxes,
-            class_map=class_map,
-            target=target,
-            methods=specs,
-            limit=limit,
-            seed=seed,
-            out=out,
-            save_overlays=save_overlays,
-            overlay_format=overlay_format,
-            overlay_size=_parse_overlay_size(overlay_size),
-            insertion_deletion=insertion_deletion,
-            steps=steps,
-            baseline=baseline,
-            fail_under=fail_under,
-            metric=metric,
-            as_json=as_json,
-            markdown=markdown,
-            batch_size=batch_size,
-            workers=workers,
-            device=device,
-            precision=precision,
-            mask_batch=mask_batch,
-            engine=engine,
-            colormap=colormap,
-            alpha=alpha,
-            quiet=quiet,
-            shard=parse_shard(shard) if shard else None,
-            bootstrap=bootstrap,
-        )
-        return run_evaluate(options)
+    def command() -> Any:
+        from vitcam_cli.commands.evaluate import Evaluate, EvaluateOptions
 
-    _run(action, debug)
+        specs = [
+            spec for value in (methods or [D.DEFAULT_METHOD]) for spec in value.split(",") if spec.strip()
+        ]
+        if not specs:
+            raise ParameterError(
+                "method", "names no method; use reciprocam, gradcam, rollout or relevance", ""
+            )
+        return Evaluate(_options(EvaluateOptions, given, batch_size, methods=specs))
+
+    launch.start(ctx, command, run.device)
 
 
 @app.command()
 def merge(
+    ctx: typer.Context,
     folders: Annotated[list[Path], typer.Argument(help="Output folders holding the shards' part files.")],
     out: Annotated[
         Path | None,
@@ -598,48 +642,29 @@ def merge(
     summary.json and report.html; evaluate's into metrics.json, per_image.csv and report.html.
     Exit codes: 0 ok, 1 some images failed (or evaluate's --fail-under gate), 2 shards missing or unfinished.
     """
-    from rich.console import Console
-
-    from vitcam_cli.evaluate import merge_evaluation
-    from vitcam_cli.outputs.merge import merge_shards
-    from vitcam_cli.pipeline import EXIT_OK, EXIT_SOME_FAILED, summary_table, write_explain_report
 
     def action() -> int:
-        destination = out or folders[0]
-        if any(any(folder.glob("metrics.shard-*-of-*.json")) for folder in folders):
-            return merge_evaluation(folders, destination, quiet, sys.stdout)
-        summary = merge_shards(folders, destination, write_explain_report)
-        Console(stderr=True, quiet=quiet).print(summary_table(summary))
-        return EXIT_SOME_FAILED if summary["images"]["error"] else EXIT_OK
+        from vitcam_cli.commands.merge import merge_folders
 
-    _run(action, debug)
+        return merge_folders(folders, out or folders[0], quiet)
+
+    _run(ctx, action, debug)
 
 
 @app.command()
+@uses(model=model_spec, overrides=method_overrides)
 def bench(
-    model: ModelOption = None,
-    checkpoint: CheckpointOption = None,
-    pretrained: PretrainedOption = True,
-    num_classes: NumClassesOption = None,
-    img_size: ImgSizeOption = None,
+    ctx: typer.Context,
     variants: Annotated[
         list[str] | None,
         typer.Option(
             "--variant", help=VARIANT_HELP + " Repeatable. (default: all three)", rich_help_panel=METHOD
         ),
     ] = None,
-    kernel: KernelOption = None,
-    target_block: TargetBlockOption = None,
-    skip: SkipOption = None,
-    score: ScoreOption = None,
-    subtract: SubtractOption = None,
-    fuse_blocks: FuseOption = None,
     mask_batch: MaskBatchOption = None,
     engine: EngineOption = "auto",
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", "-b", help="Images per batch.", rich_help_panel=RUN)
-    ] = 32,
-    device: DeviceOption = "auto",
+    batch_size: BatchSizeOption = D.BENCH_BATCH,
+    device: DeviceOption = D.DEFAULT_DEVICE,
     precision: PrecisionOption = "fp32",
     warmup: Annotated[int, typer.Option(help="Untimed calls before timing.", rich_help_panel=RUN)] = 1,
     repeat: Annotated[
@@ -658,21 +683,23 @@ def bench(
     ] = False,
     config: ConfigOption = None,
     debug: DebugOption = False,
+    model: Any = None,
+    overrides: Any = None,
 ) -> None:
     """Time explaining against the plain forward pass it explains: same random batch, device and dtype.
 
     Reports images/s, the ratio explain time / forward time, and peak memory for each variant.
     """
-    from rich.console import Console
-
-    from vitcam_cli.bench import BenchOptions, bench_table, run_bench
-    from vitcam_cli.methods.reciprocam import PRESETS
 
     def action() -> int:
+        from rich.console import Console
+
+        from vitcam_cli.commands.bench import BenchOptions, bench_table, run_bench
+
         options = BenchOptions(
-            model=_model_spec(model, checkpoint, pretrained, num_classes, img_size),
-            variants=list(variants or PRESETS),
-            overrides=_overrides(kernel, target_block, skip, score, subtract, fuse_blocks),
+            model=model,
+            variants=list(variants or D.PRESET_NAMES),
+            overrides=overrides,
             engine=engine,
             mask_batch=mask_batch,
             batch_size=batch_size,
@@ -689,7 +716,7 @@ def bench(
             Console().print(bench_table(result))
         return 0
 
-    _run(action, debug)
+    _run(ctx, action, debug)
 
 
 def main() -> None:

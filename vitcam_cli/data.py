@@ -17,16 +17,13 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 
-from vitcam_cli.errors import VitcamError
+from vitcam_cli.defaults import DEFAULT_OVERLAY_SIDE
+from vitcam_cli.errors import ParameterError, VitcamError
 from vitcam_cli.preprocessing import Preprocessing, Size, resize_pixels
 from vitcam_cli.turns import Turns
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the stored image by 90 degrees
-# the overlays' longest side unless told otherwise; every JPEG is decoded with at least this longest side
-# whatever the overlay settings, so default overlays need no second decode and the model's input
-# depends on the file and the model alone
-DEFAULT_OVERLAY_SIDE = 768
 
 
 class EmptyFileError(ValueError):
@@ -60,7 +57,7 @@ def read_path_list(source: str, stdin: TextIO | None = None) -> list[Path]:
         try:
             lines = Path(source).read_text().splitlines()
         except OSError as error:
-            raise VitcamError(f"--files-from {source}: cannot read it ({error.strerror})") from error
+            raise ParameterError("files_from", f"cannot read it ({error.strerror})", source) from error
     return [Path(line.strip()) for line in lines if line.strip()]
 
 
@@ -158,6 +155,11 @@ def decode_reduced(
                 image.draft(None, _oriented(needed, swapped))
             image.load()
             ImageOps.exif_transpose(image, in_place=True)
+    return rgb(image), original
+
+
+def rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB of any mode: 16-bit and float scaled (not clipped), palettes expanded, alpha over white."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         image = Image.fromarray(_to_uint8(np.asarray(image))).convert("RGB")
     if image.mode == "P":
@@ -166,7 +168,7 @@ def decode_reduced(
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return (image if image.mode == "RGB" else image.convert("RGB")), original
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def decode_image(path: Path) -> Image.Image:
@@ -223,6 +225,17 @@ class DecodePlan:
         if not _covers(image, target):  # the overlay needs more pixels than the model did
             pixels = np.array(decode_reduced(path, lambda _: target)[0])
         return tensor, resize_pixels(pixels, target, InterpolationMode.BILINEAR), original
+
+    def prepare(self, image: Image.Image) -> tuple[torch.Tensor, np.ndarray, Size]:
+        """``decode`` for an image already in memory: EXIF orientation applied, as for a file."""
+        image = rgb(ImageOps.exif_transpose(image))
+        pixels = np.array(image)
+        target = fit_within(image.size, self.overlay_side)
+        return (
+            self.preprocessing(pixels, image.size),
+            resize_pixels(pixels, target, InterpolationMode.BILINEAR),
+            image.size,
+        )
 
     def first_decode(self, original: Size) -> Size | None:
         """What the one decode every image gets must keep: the model's need and a default overlay."""
@@ -341,13 +354,13 @@ def _read_csv(path: Path, columns: tuple[str, ...], option: str) -> list[tuple[i
             reader = csv.DictReader(handle)
             header = {name.strip() for name in reader.fieldnames or []}
             if not set(columns) <= header:
-                raise VitcamError(f"{option} {path}: the first line must be the header '{','.join(columns)}'")
+                raise ParameterError(option, f"the first line must be the header '{','.join(columns)}'", path)
             return [
                 (line, {key.strip(): (value or "").strip() for key, value in row.items() if key})
                 for line, row in enumerate(reader, start=2)
             ]
     except OSError as error:
-        raise VitcamError(f"{option} {path}: cannot read it ({error.strerror})") from error
+        raise ParameterError(option, f"cannot read it ({error.strerror})", path) from error
 
 
 class ItemMatcher:
@@ -381,14 +394,14 @@ def read_labels(
     """
     match = ItemMatcher(items, path)
     found: dict[Path, int] = {}
-    for line, row in _read_csv(path, ("file", "label"), "--labels"):
+    for line, row in _read_csv(path, ("file", "label"), "labels"):
         item = match(row["file"])
         if item is None:
             continue
         try:
             found[item] = resolve(row["label"])
         except VitcamError as error:
-            raise VitcamError(f"--labels {path} line {line}: {error}") from error
+            raise ParameterError("labels", f"line {line}: {error.template}", path) from error
     return {item.path: found.get(item.path, f"no label for this file in {path}") for item in items}
 
 
@@ -400,23 +413,23 @@ def read_boxes(path: Path, items: Sequence[ImageItem]) -> dict[Path, list[Box]]:
     several rows per file allowed. Images without rows get no boxes."""
     match = ItemMatcher(items, path)
     boxes: dict[Path, list[Box]] = {item.path: [] for item in items}
-    for line, row in _read_csv(path, ("file", "x1", "y1", "x2", "y2"), "--boxes"):
+    for line, row in _read_csv(path, ("file", "x1", "y1", "x2", "y2"), "boxes"):
         item = match(row["file"])
         if item is None:
             continue
         try:
             x1, y1, x2, y2 = (float(row[key]) for key in ("x1", "y1", "x2", "y2"))
         except ValueError as error:
-            raise VitcamError(f"--boxes {path} line {line}: coordinates must be numbers") from error
+            raise ParameterError("boxes", f"line {line}: coordinates must be numbers", path) from error
         if x2 <= x1 or y2 <= y1:
-            raise VitcamError(f"--boxes {path} line {line}: needs x1 < x2 and y1 < y2")
+            raise ParameterError("boxes", f"line {line}: needs x1 < x2 and y1 < y2", path)
         boxes[item].append((x1, y1, x2, y2))
     return boxes
 
 
 def read_class_map(path: Path) -> dict[str, str]:
     """``folder,class`` rows: which model class each ImageFolder sub-folder holds."""
-    return {row["folder"]: row["class"] for _, row in _read_csv(path, ("folder", "class"), "--class-map")}
+    return {row["folder"]: row["class"] for _, row in _read_csv(path, ("folder", "class"), "class_map")}
 
 
 def folder_labels(
@@ -442,6 +455,6 @@ def folder_labels(
     if missing:
         raise VitcamError(
             f"ImageFolder sub-folders {', '.join(missing[:5])} match none of the model's class names: "
-            "map them with --class-map FILE.csv (folder,class) or pass --labels"
+            "map them with {class_map} FILE.csv (folder,class) or pass {labels}"
         )
     return {item.path: resolved[item.rel.parts[0]] for item in items}

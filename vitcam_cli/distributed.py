@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from vitcam_cli.errors import VitcamError
+from vitcam_cli.errors import ParameterError, VitcamError
 
 T = TypeVar("T")
 
@@ -44,7 +44,7 @@ def parse_shard(value: str) -> Shard:
     except ValueError:
         index = count = -1
     if not 0 <= index < count:
-        raise VitcamError(f"--shard {value}: use I/N with 0 <= I < N, e.g. --shard 0/4 ... --shard 3/4")
+        raise ParameterError("shard", "use I/N with 0 <= I < N, e.g. {shard} 0/4 ... {shard} 3/4", value)
     return Shard(index, count)
 
 
@@ -103,13 +103,13 @@ def collect_shards(
     count = sizes.pop()
     missing = ", ".join(str(i) for i in range(count) if i not in found)
     if missing:
-        raise VitcamError(f"shards {missing} of {count} are missing: run them (--shard I/{count}) first")
+        raise VitcamError(f"shards {missing} of {count} are missing: run them ({{shard}} I/{count}) first")
     shards = [found[i] for i in range(count)]
     reference = run_settings(shards[0][1])
     for index, (folder, data) in enumerate(shards):
         if data.get("status") != "complete":
             raise VitcamError(
-                f"shard {index}/{count} in {folder} is {data.get('status')}: rerun it with --skip-existing"
+                f"shard {index}/{count} in {folder} is {data.get('status')}: rerun it with {{skip_existing}}"
             )
         settings = run_settings(data)
         different = ", ".join(key for key in reference if settings.get(key) != reference[key])

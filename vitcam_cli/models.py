@@ -19,11 +19,11 @@ from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset, res
 from torch import nn
 
 from vitcam_cli.engine.geometry import TokenLayout, token_layout
-from vitcam_cli.errors import VitcamError
+from vitcam_cli.errors import ParameterError, VitcamError, literal
 
 OFFLINE_HINT = (
-    "pass --checkpoint FILE (weights on disk, with --model ARCH), --model local-dir:PATH "
-    "(a folder with config.json and model.safetensors), or --no-pretrained (random weights)"
+    "pass {checkpoint} FILE (weights on disk, with {model} ARCH), {model} local-dir:PATH "
+    "(a folder with config.json and model.safetensors), or {no_pretrained} (random weights)"
 )
 
 
@@ -50,36 +50,36 @@ class LoadedModel:
 BUNDLED_MODELS = {"fashion-vit": Path(__file__).parent / "assets" / "fashion-vit"}
 
 
+def _export_folder(spec: str, folder: Path) -> str:
+    """``local-dir:FOLDER`` when the folder is in timm's export format."""
+    if not (folder / "config.json").is_file():
+        raise ParameterError("model", "no config.json in that folder (expected timm's export format)", spec)
+    return f"local-dir:{folder}"
+
+
 def resolve_model_name(spec: str) -> str:
-    """Map ``--model`` to a timm model name; a bundled name or a folder with config.json -> ``local-dir:``."""
+    """A model string as a timm model name: a bundled name or a folder with config.json -> ``local-dir:``."""
     if spec in BUNDLED_MODELS:
         return f"local-dir:{BUNDLED_MODELS[spec]}"
-    if spec.startswith(("hf-hub:", "local-dir:")):
-        if (
-            spec.startswith("local-dir:")
-            and not (Path(spec.removeprefix("local-dir:")) / "config.json").is_file()
-        ):
-            raise VitcamError(
-                f"--model {spec}: no config.json in that folder (expected timm's export format)"
-            )
-        return spec
+    if spec.startswith("local-dir:"):
+        return _export_folder(spec, Path(spec.removeprefix("local-dir:")))
     path = Path(spec)
+    if spec.startswith("hf-hub:"):
+        return spec
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise VitcamError(
-                f"--model {spec}: the folder has no config.json (expected timm's export format)"
-            )
-        return f"local-dir:{path}"
+        return _export_folder(spec, path)
     if path.is_file():
-        raise VitcamError(
-            f"--model {spec} is a file: pass the architecture as --model and the file as --checkpoint"
+        raise ParameterError(
+            "model", "is a file: pass the architecture as {model} and the file as {checkpoint}", spec
         )
     if not timm.is_model(spec.split(".")[0]):
         close = difflib.get_close_matches(spec, timm.list_models(), n=3, cutoff=0.75)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise VitcamError(
-            f"--model {spec}: not a timm model name{hint}; use a timm name, hf-hub:ORG/NAME, "
-            "local-dir:PATH or a folder with config.json"
+        raise ParameterError(
+            "model",
+            f"not a timm model name{hint}; use a timm name, hf-hub:ORG/NAME, local-dir:PATH or a folder "
+            "with config.json",
+            spec,
         )
     return spec
 
@@ -117,22 +117,26 @@ def class_names_for(model: nn.Module) -> list[str]:
 def _load_checkpoint(model: nn.Module, checkpoint: Path) -> None:
     """Load .safetensors or .pth/.pt/.bin (weights only), unwrapping common containers and prefixes."""
     if not checkpoint.is_file():
-        raise VitcamError(f"--checkpoint {checkpoint}: no such file")
+        raise ParameterError("checkpoint", "no such file", checkpoint)
     try:
         state_dict = timm.models.load_state_dict(str(checkpoint), use_ema=True, weights_only=True)
     except Exception as error:
-        raise VitcamError(
-            f"--checkpoint {checkpoint}: cannot read it ({type(error).__name__}: {error}); "
-            "expected .safetensors, or a .pth/.pt/.bin holding tensors only"
+        raise ParameterError(
+            "checkpoint",
+            f"cannot read it ({type(error).__name__}: {literal(error)}); expected .safetensors, or a "
+            ".pth/.pt/.bin holding tensors only",
+            checkpoint,
         ) from error
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise VitcamError(f"--checkpoint {checkpoint}: not a state dict of tensors")
+        raise ParameterError("checkpoint", "not a state dict of tensors", checkpoint)
     state_dict = {key.removeprefix("model."): value for key, value in state_dict.items()}
     head = state_dict.get("head.weight")
     if head is not None and head.shape[0] != model.num_classes:
-        raise VitcamError(
-            f"--checkpoint {checkpoint} has a {head.shape[0]}-class head but the model has "
-            f"{model.num_classes}: add --num-classes {head.shape[0]}"
+        raise ParameterError(
+            "checkpoint",
+            f"has a {head.shape[0]}-class head but the model has {model.num_classes}: add "
+            f"{{num_classes}} {head.shape[0]}",
+            checkpoint,
         )
     # the model family's own filter adapts native checkpoints (e.g. resamples pos_embed for --img-size)
     filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
@@ -150,7 +154,26 @@ def _load_checkpoint(model: nn.Module, checkpoint: Path) -> None:
             )
             if part
         )
-        raise VitcamError(f"--checkpoint {checkpoint} does not match the model architecture ({detail})")
+        raise ParameterError("checkpoint", f"does not match the model architecture ({detail})", checkpoint)
+
+
+def _create(spec: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    """``timm.create_model`` with seeded random weights, its failures as one clear error."""
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random weights (no pretrained weights, new heads) are the same every run
+            return timm.create_model(resolve_model_name(spec), pretrained=pretrained, **kwargs)
+    except VitcamError:
+        raise
+    except Exception as error:
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
+        if pretrained:
+            raise ParameterError(
+                "model",
+                f"cannot load pretrained weights ({literal(reason)}); offline or not cached? {OFFLINE_HINT}",
+                spec,
+            ) from error
+        raise ParameterError("model", f"cannot build it ({literal(reason)})", spec) from error
 
 
 def load_model(
@@ -163,45 +186,47 @@ def load_model(
     device: torch.device | str = "cpu",
 ) -> LoadedModel:
     """Create the model, load its weights, check it is a supported ViT, and build its preprocessing."""
-    name = resolve_model_name(spec)
     load_pretrained = pretrained and checkpoint is None
-    kwargs: dict[str, Any] = {}
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    if img_size is not None:
-        kwargs["img_size"] = img_size
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # random weights (--no-pretrained, new heads) are the same on every run
-            model = timm.create_model(name, pretrained=load_pretrained, **kwargs)
-    except VitcamError:
-        raise
-    except Exception as error:
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
-        if load_pretrained:
-            raise VitcamError(
-                f"cannot load pretrained weights for --model {spec} ({reason}); "
-                f"offline or not cached? {OFFLINE_HINT}"
-            ) from error
-        raise VitcamError(f"cannot build --model {spec} ({reason})") from error
-    layout = token_layout(model)
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "img_size": img_size}
+    model = _create(spec, load_pretrained, {key: value for key, value in kwargs.items() if value is not None})
+    token_layout(model)  # refuse an unsupported model before reading any weights
     if checkpoint is not None:
         _load_checkpoint(model, checkpoint)
+    loaded = wrap_model(model, device, spec)
+    loaded.info |= {
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "pretrained": load_pretrained or checkpoint is not None,
+    }
+    return loaded
+
+
+def wrap_model(model: nn.Module, device: torch.device | str = "cpu", name: str | None = None) -> LoadedModel:
+    """A timm ViT already in memory, ready to explain: put in eval mode on ``device``, its token layout
+    checked, its preprocessing and class names read from its pretrained_cfg."""
+    layout = token_layout(model)
     model.eval().to(device)
     data_config = resolve_input_data_config(model)
     transform = create_transform(**data_config, is_training=False)
+    architecture = model.pretrained_cfg.get("architecture", type(model).__name__)
     info = {
-        "model": spec,
-        "architecture": model.pretrained_cfg.get("architecture", type(model).__name__),
-        "checkpoint": str(checkpoint) if checkpoint else None,
-        "pretrained": load_pretrained or checkpoint is not None,
+        "model": name or architecture,
+        "architecture": architecture,
+        "checkpoint": None,
+        "pretrained": None,
         "num_classes": int(model.num_classes),
         "input_size": list(data_config["input_size"]),
         "grid": list(layout.grid),
         "prefix_tokens": layout.num_prefix,
     }
     return LoadedModel(
-        model, spec, layout, data_config, transform, class_names_for(model), class_ids_for(model), info
+        model,
+        name or architecture,
+        layout,
+        data_config,
+        transform,
+        class_names_for(model),
+        class_ids_for(model),
+        info,
     )
 
 

@@ -9,13 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vitcam_cli.defaults import SKIPS, SUBTRACTS
 from vitcam_cli.engine.geometry import TokenLayout, Trace
 from vitcam_cli.engine.masks import empty_window
 from vitcam_cli.engine.scoring import auto_mask_batch, class_scores
 from vitcam_cli.errors import VitcamError
-
-SKIPS = ("ln", "masked-input", "input")
-SUBTRACTS = ("none", "empty")
 
 
 @dataclass(frozen=True)
@@ -74,8 +72,8 @@ class MaskedEngine(ABC):
         """After an out-of-memory error: halve the chunk for this and every later batch, once per size."""
         if step <= 1:
             raise VitcamError(
-                "out of memory with a single masked sequence per chunk: use a smaller --batch-size, "
-                "--precision bf16, or a device with more memory"
+                "out of memory with a single masked sequence per chunk: use a smaller {batch_size}, "
+                "{precision} bf16, or a device with more memory"
             )
         smaller = step // 2
         self.reductions.append({"from": step, "to": smaller})

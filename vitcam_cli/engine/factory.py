@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from vitcam_cli.defaults import ENGINES
 from vitcam_cli.engine.base import CopySettings, MaskedEngine
 from vitcam_cli.engine.compressed import CompressedEngine, fast_unsupported_reason
 from vitcam_cli.engine.dense import DenseEngine
 from vitcam_cli.engine.geometry import TokenLayout
-from vitcam_cli.errors import VitcamError
-
-ENGINES = ("auto", "fast", "dense")
+from vitcam_cli.errors import ParameterError, literal
 
 
 def create_engine(
@@ -23,9 +22,11 @@ def create_engine(
 ) -> MaskedEngine:
     """``auto`` takes ``fast`` whenever it is exact for this model and block, else ``dense``."""
     if name not in ENGINES:
-        raise VitcamError(f"--engine {name}: use one of {', '.join(ENGINES)}")
+        raise ParameterError("engine", f"use one of {', '.join(ENGINES)}", name)
     reason = fast_unsupported_reason(model, block_index)
     if name == "fast" and reason is not None:
-        raise VitcamError(f"--engine fast is not exact for this model: {reason}; use --engine auto or dense")
+        raise ParameterError(
+            "engine", f"fast is not exact for this model: {literal(reason)}; use auto or dense"
+        )
     engine = CompressedEngine if name == "fast" or (name == "auto" and reason is None) else DenseEngine
     return engine(model, layout, block_index, copies, mask_batch)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vitcam_cli.errors import UnsupportedModelError, VitcamError
+from vitcam_cli.errors import ParameterError, UnsupportedModelError
 
 SUPPORTED = (
     "vitcam explains timm Vision Transformers with a patch-token grid and pre-norm blocks "
@@ -49,9 +49,10 @@ class TokenLayout:
         """Normalise a Python-style block index (``-1`` = last) and check it is in range."""
         index = target_block + self.depth if target_block < 0 else target_block
         if not 0 <= index < self.depth:
-            raise VitcamError(
-                f"--target-block {target_block} is out of range for a model with {self.depth} blocks "
-                f"(use {-self.depth}..{self.depth - 1})"
+            raise ParameterError(
+                "target_block",
+                f"is out of range for a model with {self.depth} blocks (use {-self.depth}..{self.depth - 1})",
+                target_block,
             )
         return index
 

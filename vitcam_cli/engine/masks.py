@@ -11,7 +11,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-KERNELS = ("gaussian", "single")
+from vitcam_cli.defaults import KERNELS
 
 
 def empty_window(grid: tuple[int, int]) -> int:

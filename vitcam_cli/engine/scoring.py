@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-SCORES = ("softmax", "logit", "contrast")
-
 
 def class_scores(logits: Tensor, classes: Tensor, score: str) -> Tensor:
     """Score of ``classes`` (n, T) in each row of ``logits`` (n, C), in float32.

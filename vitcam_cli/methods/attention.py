@@ -10,20 +10,34 @@ applied to the probabilities) hands them over.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from timm.layers import Attention
 from torch import Tensor, nn
 
+from vitcam_cli.engine.geometry import TokenLayout
 from vitcam_cli.errors import UnsupportedModelError
+
+
+class AttentionMethod:
+    """A method that reads the blocks' attention: the model, its token layout, the attention modules and
+    whether the head reads the prefix token (token pooling) or averages the patch tokens."""
+
+    name: str
+
+    def __init__(self, model: nn.Module, layout: TokenLayout) -> None:
+        self.model = model
+        self.layout = layout
+        self.modules = attention_modules(model, self.name)
+        self.token_pool = getattr(model, "global_pool", "token") == "token"
 
 
 def attention_modules(model: nn.Module, method: str) -> list[Attention]:
     modules = [block.attn for block in model.blocks]
     if not all(isinstance(attn, Attention) for attn in modules):
         raise UnsupportedModelError(
-            f"--methods {method} needs timm's standard Attention in every block; "
+            f"{method} needs timm's standard Attention in every block; "
             f"{type(model).__name__} uses {type(modules[0]).__name__}"
         )
     return modules
@@ -39,18 +53,26 @@ def _store(record: dict[str, Tensor], key: str) -> Callable[[nn.Module, tuple, T
 
 
 @contextmanager
-def recorded_queries_and_keys(modules: list[Attention]) -> Iterator[list[dict[str, Tensor]]]:
-    """Per block, the (B, heads, N, head_dim) q and k after timm's q_norm / k_norm."""
+def _recording(
+    modules: list[Attention], hooked: Callable[[Attention], list[tuple[nn.Module, str]]]
+) -> Iterator[list[dict[str, Tensor]]]:
+    """Per block, the outputs of the submodules ``hooked(attn)`` names, kept under their keys."""
     records: list[dict[str, Tensor]] = [{} for _ in modules]
-    handles = []
-    for record, attn in zip(records, modules, strict=True):
-        handles.append(attn.q_norm.register_forward_hook(_store(record, "q")))
-        handles.append(attn.k_norm.register_forward_hook(_store(record, "k")))
+    handles = [
+        submodule.register_forward_hook(_store(record, key))
+        for record, attn in zip(records, modules, strict=True)
+        for submodule, key in hooked(attn)
+    ]
     try:
         yield records
     finally:
         for handle in handles:
             handle.remove()
+
+
+def recorded_queries_and_keys(modules: list[Attention]) -> AbstractContextManager[list[dict[str, Tensor]]]:
+    """Per block, the (B, heads, N, head_dim) q and k after timm's q_norm / k_norm."""
+    return _recording(modules, lambda attn: [(attn.q_norm, "q"), (attn.k_norm, "k")])
 
 
 def probabilities(attn: Attention, q: Tensor, k: Tensor) -> Tensor:
@@ -61,17 +83,13 @@ def probabilities(attn: Attention, q: Tensor, k: Tensor) -> Tensor:
 @contextmanager
 def recorded_probabilities(modules: list[Attention]) -> Iterator[list[dict[str, Tensor]]]:
     """Per block, the attention probabilities the forward pass used (B, heads, N, N), in the graph."""
-    records: list[dict[str, Tensor]] = [{} for _ in modules]
     fused = [attn.fused_attn for attn in modules]
-    handles = []
-    for record, attn in zip(records, modules, strict=True):
+    for attn in modules:
         attn.fused_attn = False
-        handles.append(attn.attn_drop.register_forward_hook(_store(record, "p")))
     try:
-        yield records
+        with _recording(modules, lambda attn: [(attn.attn_drop, "p")]) as records:
+            yield records
     finally:
-        for handle in handles:
-            handle.remove()
         for attn, was_fused in zip(modules, fused, strict=True):
             attn.fused_attn = was_fused
 

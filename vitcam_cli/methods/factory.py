@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from vitcam_cli.errors import VitcamError
+from vitcam_cli.defaults import DEFAULT_PRESET
+from vitcam_cli.errors import ParameterError
 from vitcam_cli.methods.base import SaliencyMethod
 from vitcam_cli.methods.gradcam import GradCAM
-from vitcam_cli.methods.reciprocam import DEFAULT_PRESET, PRESETS, ReciproCAM, ReciproCAMSettings
+from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM, ReciproCAMSettings
 from vitcam_cli.methods.relevance import AttentionRelevance
 from vitcam_cli.methods.rollout import AttentionRollout
 from vitcam_cli.models import LoadedModel
@@ -28,25 +29,29 @@ USAGE = (
 def _settings(spec: str) -> tuple[str, ReciproCAMSettings]:
     """The preset and the settings a ``reciprocam:...`` name asks for."""
     _, *rest = spec.split(":", 2)
-    preset = rest[0] if rest else DEFAULT_PRESET
+    preset = (rest[0] if rest else "") or DEFAULT_PRESET  # reciprocam::fuse=2: the default preset
     if preset not in PRESETS:
-        raise VitcamError(f"--methods {spec}: no preset {preset!r}; {USAGE}")
+        raise ParameterError("method", f"no preset {preset!r}; {USAGE}", spec)
     overrides: dict[str, object] = {}
     for option in filter(None, (rest[1] if len(rest) > 1 else "").split(",")):
         key, _, value = option.partition("=")
         if not value:  # a bare value names the kernel
             key, value = "kernel", key
         if key not in OPTION_NAMES:
-            raise VitcamError(f"--methods {spec}: unknown option {key!r}; {USAGE}")
+            raise ParameterError("method", f"unknown option {key!r}; {USAGE}", spec)
         kind = {f.name: f.type for f in fields(ReciproCAMSettings)}[OPTION_NAMES[key]]
         try:
             overrides[OPTION_NAMES[key]] = int(value) if kind == "int" else value
         except ValueError as error:
-            raise VitcamError(f"--methods {spec}: {key} needs a whole number") from error
+            raise ParameterError("method", f"{key} needs a whole number", spec) from error
     try:
         return preset, PRESETS[preset].with_overrides(**overrides)
-    except VitcamError as error:
-        raise VitcamError(f"--methods {spec}: {error}") from error
+    except ParameterError as error:  # named as in the method string: block=, fuse=
+        raise ParameterError("method", error.render(_option_key), spec) from error
+
+
+def _option_key(parameter: str) -> str:
+    return {name: key for key, name in OPTION_NAMES.items()}.get(parameter, parameter)
 
 
 def canonical_name(spec: str) -> str:
@@ -55,7 +60,7 @@ def canonical_name(spec: str) -> str:
     if spec in BASELINES:
         return spec
     if spec.split(":")[0] != "reciprocam":
-        raise VitcamError(f"--methods {spec}: {USAGE}")
+        raise ParameterError("method", USAGE, spec)
     preset, settings = _settings(spec)
     reference = PRESETS[preset]
     changed = [

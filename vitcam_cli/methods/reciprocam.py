@@ -17,12 +17,11 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from vitcam_cli.engine.base import SKIPS, SUBTRACTS, CopySettings
+from vitcam_cli.defaults import KERNELS, SCORES, SKIPS, SUBTRACTS
+from vitcam_cli.engine.base import CopySettings
 from vitcam_cli.engine.factory import create_engine
 from vitcam_cli.engine.geometry import TokenLayout, check_decomposition, trace
-from vitcam_cli.engine.masks import KERNELS
-from vitcam_cli.engine.scoring import SCORES
-from vitcam_cli.errors import VitcamError
+from vitcam_cli.errors import ParameterError
 from vitcam_cli.methods.base import ClassChooser, Explanation
 
 
@@ -49,11 +48,11 @@ class ReciproCAMSettings:
             ("subtract", SUBTRACTS),
         ):
             if getattr(settings, name) not in allowed:
-                raise VitcamError(
-                    f"--{name} must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}"
+                raise ParameterError(
+                    name, f"must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}"
                 )
         if settings.fuse < 1:
-            raise VitcamError("--fuse-blocks must be at least 1")
+            raise ParameterError("fuse", "must be at least 1")
         return settings
 
     def as_dict(self) -> dict[str, object]:
@@ -83,8 +82,6 @@ PRESETS: dict[str, ReciproCAMSettings] = {
     # OpenVINO XAI: last block, the masked block input on the skip path, raw logits.
     "openvino-xai": ReciproCAMSettings(target_block=-1, skip="masked-input", score="logit"),
 }
-# chosen by benchmarks/quality.py on the bundled model: best ADCC, then pointing game, then speed
-DEFAULT_PRESET = "openvino-xai"
 
 
 class ReciproCAM:
@@ -106,8 +103,8 @@ class ReciproCAM:
         self.settings = settings
         self.block_index = layout.block_index(settings.target_block)
         if settings.fuse > self.block_index + 1:
-            raise VitcamError(
-                f"--fuse-blocks {settings.fuse}: only {self.block_index + 1} blocks up to the target block"
+            raise ParameterError(
+                "fuse", f"only {self.block_index + 1} blocks up to the target block", settings.fuse
             )
         # the target block first, then the blocks before it that --fuse-blocks adds
         blocks = [self.block_index - i for i in range(settings.fuse)]

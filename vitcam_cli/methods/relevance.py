@@ -9,21 +9,14 @@ pooling, all patch tokens with average pooling) over the patch tokens, one backw
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from vitcam_cli.engine.geometry import TokenLayout
-from vitcam_cli.methods.attention import attention_modules, readout_rows, recorded_probabilities
+from vitcam_cli.methods.attention import AttentionMethod, readout_rows, recorded_probabilities
 from vitcam_cli.methods.base import ClassChooser, Explanation
 
 
-class AttentionRelevance:
+class AttentionRelevance(AttentionMethod):
     name = "relevance"
-
-    def __init__(self, model: nn.Module, layout: TokenLayout) -> None:
-        self.model = model
-        self.layout = layout
-        self.modules = attention_modules(model, self.name)
-        self.token_pool = getattr(model, "global_pool", "token") == "token"
 
     def __call__(self, images: Tensor, choose_classes: ClassChooser) -> Explanation:
         with torch.inference_mode(False), torch.enable_grad():

@@ -9,11 +9,10 @@ It does not depend on the class: every requested class gets the same map.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from vitcam_cli.engine.geometry import TokenLayout
 from vitcam_cli.methods.attention import (
-    attention_modules,
+    AttentionMethod,
     probabilities,
     readout_rows,
     recorded_queries_and_keys,
@@ -21,14 +20,8 @@ from vitcam_cli.methods.attention import (
 from vitcam_cli.methods.base import ClassChooser, Explanation
 
 
-class AttentionRollout:
+class AttentionRollout(AttentionMethod):
     name = "rollout"
-
-    def __init__(self, model: nn.Module, layout: TokenLayout) -> None:
-        self.model = model
-        self.layout = layout
-        self.modules = attention_modules(model, self.name)
-        self.token_pool = getattr(model, "global_pool", "token") == "token"
 
     @torch.no_grad()
     def __call__(self, images: Tensor, choose_classes: ClassChooser) -> Explanation:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
-BASELINES = ("blur", "zero")
+from vitcam_cli.defaults import DELETION_BASELINES as BASELINES
 
 
 def baseline_images(images: Tensor, baseline: str) -> Tensor:

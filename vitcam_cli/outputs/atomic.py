@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from vitcam_cli.errors import ParameterError
+
 
 def _file_mode() -> int:
     """What a plain open() would create under this process's umask (mkstemp makes 0600 files)."""
@@ -85,3 +87,17 @@ def atomic_text_stream(path: Path) -> Iterator[IO[str]]:
     """A text file written line by line that appears at ``path`` only when complete."""
     with _replacing(path) as fd, os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
         yield handle
+
+
+def ensure_writable(out: Path) -> None:
+    """Create ``out`` and check that this process can write there (a private probe file, so that shards
+    sharing the folder never remove each other's)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out) as probe:
+            probe.write(b"ok")
+            probe.flush()
+    except OSError as error:
+        raise ParameterError(
+            "out", f"cannot write there ({error.strerror}); choose another folder", out
+        ) from error

@@ -13,24 +13,10 @@ from typing import Any
 from vitcam_cli.metrics.adcc import PARTS
 from vitcam_cli.metrics.aggregate import Totals
 from vitcam_cli.outputs.atomic import write_atomic
-
-ROW_FIELDS = (
-    "path",
-    "status",
-    "error",
-    "class_index",
-    "class_name",
-    "probability",
-    "rank",
-    "overlay",
-    "map",
-    "width",
-    "height",
-    *PARTS,
-)
+from vitcam_cli.outputs.rows import EXPLAIN_COLUMNS, Row
 
 
-def read_rows(path: Path) -> Iterator[dict[str, Any]]:
+def read_rows(path: Path) -> Iterator[Row]:
     """Rows of a JSONL file; a torn last line (from a killed run) is skipped."""
     if not path.exists():
         return
@@ -39,11 +25,15 @@ def read_rows(path: Path) -> Iterator[dict[str, Any]]:
             if not line.endswith("\n"):
                 return
             try:
-                row = json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(row, dict) and "path" in row:
-                yield row
+            if isinstance(record, dict) and "path" in record:
+                yield Row.from_record(record)
+
+
+def jsonl(rows: Iterable[Row]) -> str:
+    return "".join(json.dumps(row.record()) + "\n" for row in rows)
 
 
 @dataclass
@@ -73,27 +63,26 @@ class Manifest:
             write_atomic(self.jsonl, lambda handle: None)
         self.handle = self.jsonl.open("a", encoding="utf-8")
 
-    def _complete(self, rows: list[dict[str, Any]], needs: tuple[str, ...]) -> bool:
+    def _complete(self, rows: list[Row], needs: tuple[str, ...]) -> bool:
         """Every row ok, and every file it must have (``needs``: overlay, map) on disk."""
         return all(
-            row.get("status") == "ok"
-            and all(row.get(key) and (self.out / row[key]).is_file() for key in needs)
+            row.ok and all((link := getattr(row, key)) and (self.out / link).is_file() for key in needs)
             for row in rows
         )
 
     def _recover(self, needs_overlay: bool, needs_map: bool) -> set[str]:
         """Keep the rows of images whose outputs are all on disk; everything else is redone."""
-        by_path: dict[str, list[dict[str, Any]]] = {}
+        by_path: dict[str, list[Row]] = {}
         for row in read_rows(self.jsonl):
-            by_path.setdefault(row["path"], []).append(row)
+            by_path.setdefault(row.path, []).append(row)
         needs = ("overlay",) * needs_overlay + ("map",) * needs_map
         done = {path for path, rows in by_path.items() if self._complete(rows, needs)}
-        kept = "".join(json.dumps(row) + "\n" for path in by_path if path in done for row in by_path[path])
+        kept = jsonl(row for path in by_path if path in done for row in by_path[path])
         write_atomic(self.jsonl, lambda handle: handle.write(kept.encode()))
         return done
 
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        self.handle.write("".join(json.dumps(row) + "\n" for row in rows))
+    def write(self, rows: list[Row]) -> None:
+        self.handle.write(jsonl(rows))
         self.handle.flush()
 
     def close(self) -> None:
@@ -111,31 +100,31 @@ class Manifest:
         return write_results_csv(self.csv, read_rows(self.jsonl))
 
 
-def tally(rows: Iterable[dict[str, Any]], counts: Counts) -> Iterator[dict[str, Any]]:
+def tally(rows: Iterable[Row], counts: Counts) -> Iterator[Row]:
     """Pass ``rows`` through, counting images and rows and summing the ADCC parts into ``counts``."""
     image_ok: dict[str, bool] = {}
     totals = Totals()
     for row in rows:
         counts.rows += 1
-        image_ok[row["path"]] = image_ok.get(row["path"], True) and row.get("status") == "ok"
-        if row.get("status") == "ok":
-            totals.add({name: row.get(name) for name in PARTS})
+        image_ok[row.path] = image_ok.get(row.path, True) and row.ok
+        if row.ok:
+            totals.add({name: row.metrics.get(name) for name in PARTS})
         yield row
     counts.images_ok = sum(image_ok.values())
     counts.images_error = len(image_ok) - counts.images_ok
     counts.metrics = totals.means()
 
 
-def write_results_csv(path: Path, rows: Iterable[dict[str, Any]]) -> Counts:
+def write_results_csv(path: Path, rows: Iterable[Row]) -> Counts:
     """results.csv from rows (streamed, atomic); returns their counts."""
     counts = Counts()
 
     def write_csv(handle: Any) -> None:
         text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
-        writer = csv.DictWriter(text, fieldnames=ROW_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(text, fieldnames=EXPLAIN_COLUMNS)
         writer.writeheader()
         for row in tally(rows, counts):
-            writer.writerow({key: "" if row.get(key) is None else row[key] for key in ROW_FIELDS})
+            writer.writerow({key: "" if value is None else value for key, value in row.record().items()})
         text.flush()
         text.detach()
 

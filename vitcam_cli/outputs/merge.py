@@ -9,7 +9,6 @@ to the merged folder, nothing is copied.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,8 +20,9 @@ from PIL import Image
 from vitcam_cli.distributed import collect_shards
 from vitcam_cli.metrics.adcc import PARTS
 from vitcam_cli.outputs.atomic import write_atomic, write_json_atomic
-from vitcam_cli.outputs.manifest import Counts, read_rows, write_results_csv
+from vitcam_cli.outputs.manifest import Counts, jsonl, read_rows, write_results_csv
 from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail
+from vitcam_cli.outputs.rows import Row
 
 # settings every shard of one run must share
 SHARED_SETTINGS = ("model", "method", "targets", "colormap", "alpha", "save_maps")
@@ -35,12 +35,13 @@ def find_shards(folders: Sequence[Path]) -> list[tuple[Path, dict[str, Any]]]:
     )
 
 
-def _rebased(row: dict[str, Any], folder: Path, destination: Path) -> dict[str, Any]:
+def _rebased(row: Row, folder: Path, destination: Path) -> Row:
+    """The row with its file links relative to ``destination`` instead of its shard's ``folder``."""
     if folder.resolve() == destination.resolve():
         return row
     for key in ("overlay", "map"):
-        if row.get(key):
-            row[key] = Path(os.path.relpath(folder / row[key], destination)).as_posix()
+        if link := getattr(row, key):
+            setattr(row, key, Path(os.path.relpath(folder / link, destination)).as_posix())
     return row
 
 
@@ -57,9 +58,9 @@ def merge_shards(
     for index, (folder, _) in enumerate(shards):
         part = folder / f"results.shard-{index}-of-{count}.jsonl"
         rows += [_rebased(row, folder, destination) for row in read_rows(part)]
-    rows.sort(key=lambda row: row["path"])  # stable: an image's classes keep their order
+    rows.sort(key=lambda row: row.path)  # stable: an image's classes keep their order
     destination.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(row) + "\n" for row in rows)
+    text = jsonl(rows)
     write_atomic(destination / "results.jsonl", lambda handle: handle.write(text.encode()))
     counts: Counts = write_results_csv(destination / "results.csv", rows)
     first = shards[0][1]
@@ -92,21 +93,23 @@ def merge_shards(
     return summary
 
 
-def _gallery(rows: list[dict[str, Any]], destination: Path, method: str) -> Gallery:
-    """The report's worst and best rows by ADCC, thumbnails read back from the overlays on disk."""
+def _gallery(rows: list[Row], destination: Path, method: str) -> Gallery:
+    """The report's worst and best rows by ADCC, thumbnails read back from the overlays on disk (rows
+    without overlays get a card without a picture)."""
     gallery = Gallery(limit=100)
     for row in rows:
-        if row.get("status") != "ok":
+        if not row.ok:
             continue
 
-        def card(row: dict[str, Any] = row) -> Card:
-            with Image.open(destination / row["overlay"]) as image:
-                pixels = np.asarray(image.convert("RGB"))
-            metrics = {name: row[name] for name in PARTS if row.get(name) is not None}
-            panel = Panel(
-                method, thumbnail(pixels), row["overlay"], row["class_name"], row["probability"], metrics
-            )
-            return Card(row["path"], None, [panel])
+        def card(row: Row = row) -> Card:
+            picture = b""
+            if row.overlay:
+                with Image.open(destination / row.overlay) as image:
+                    picture = thumbnail(np.asarray(image.convert("RGB")))
+            metrics = {name: row.metrics[name] for name in PARTS if name in row.metrics}
+            panel = Panel(method, picture, row.overlay, row.class_name or "", row.probability or 0.0, metrics)
+            return Card(row.path, None, [panel])
 
-        gallery.offer(float(row["adcc"] if row.get("adcc") is not None else row["probability"]), card)
+        value = row.metrics.get("adcc", row.probability)
+        gallery.offer(float(value if value is not None else float("nan")), card)
     return gallery

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -11,10 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitcam_cli.errors import VitcamError
+from vitcam_cli.defaults import DEFAULT_ALPHA, DEFAULT_COLORMAP, DEFAULT_OVERLAY_SIDE, OVERLAY_FORMATS
+from vitcam_cli.errors import ParameterError
 from vitcam_cli.preprocessing import Size, View
 
-DEFAULT_COLORMAP = "inferno"
 OUTSIDE_VIEW_BRIGHTNESS = 0.5
 # overlay file formats: the file extension -> Pillow's format and options
 FORMATS = {
@@ -22,15 +23,32 @@ FORMATS = {
     "png": ("PNG", {"compress_level": 3}),
     "webp": ("WEBP", {"quality": 90}),
 }
-FORMAT_CHOICES = ("auto", *FORMATS)
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
+@dataclass(frozen=True)
+class OverlaySettings:
+    """How overlays look and what files they become."""
+
+    colormap: str = DEFAULT_COLORMAP
+    alpha: float = DEFAULT_ALPHA
+    format: str = "auto"  # auto (JPEG for JPEG inputs, else PNG), jpg, png or webp
+    size: int | None = DEFAULT_OVERLAY_SIDE  # the longest side; None: the original's
+
+    def check(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ParameterError("alpha", "must be between 0 and 1", self.alpha)
+        colormap_table(self.colormap)
+        check_overlay_options(self.format, self.size)
+
+
 def check_overlay_options(overlay_format: str, overlay_size: int | None) -> None:
-    if overlay_format not in FORMAT_CHOICES:
-        raise VitcamError(f"--overlay-format {overlay_format}: use one of {', '.join(FORMAT_CHOICES)}")
+    if overlay_format not in OVERLAY_FORMATS:
+        raise ParameterError("overlay_format", f"use one of {', '.join(OVERLAY_FORMATS)}", overlay_format)
     if overlay_size is not None and overlay_size < 1:
-        raise VitcamError("--overlay-size must be 'original' or a longest side of at least 1 pixel")
+        raise ParameterError(
+            "overlay_size", "must be 'original' (None) or a longest side of at least 1 pixel"
+        )
 
 
 def overlay_extension(choice: str, source: Path) -> str:
@@ -61,7 +79,7 @@ def view_in(copy_size: Size, original_size: Size, view: View | None) -> View | N
 def colormap_table(name: str) -> np.ndarray:
     """(256, 3) uint8 lookup table for any matplotlib colormap name."""
     if name not in matplotlib.colormaps:
-        raise VitcamError(f"--colormap {name}: not a matplotlib colormap (try inferno, viridis, turbo, jet)")
+        raise ParameterError("colormap", "not a matplotlib colormap (try inferno, viridis, turbo, jet)", name)
     table = matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3]
     return (table * 255.0 + 0.5).astype(np.uint8)
 

@@ -202,11 +202,18 @@ def _card(card: Card) -> str:
     )
 
 
-def _panel(panel: Panel, title: str) -> str:
+def _picture(panel: Panel, title: str) -> str:
+    """The thumbnail as an inline image; nothing for a panel without one (merged runs without overlays)."""
+    if not panel.thumbnail:
+        return ""
     picture = Image.open(io.BytesIO(panel.thumbnail))
     source = f"data:{Image.MIME[picture.format]};base64,{base64.b64encode(panel.thumbnail).decode('ascii')}"
     alt = _text(f"{panel.method} heatmap for {panel.class_name} on {title}")
-    image = f'<img src="{source}" alt="{alt}" width="{picture.width}" height="{picture.height}">'
+    return f'<img src="{source}" alt="{alt}" width="{picture.width}" height="{picture.height}">'
+
+
+def _panel(panel: Panel, title: str) -> str:
+    image = _picture(panel, title)
     if panel.link is not None:
         image = f'<a href="{_text(quote(panel.link))}">{image}</a>'
     values = {**panel.metrics, "probability": panel.probability}

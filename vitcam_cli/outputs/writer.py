@@ -1,4 +1,4 @@
-"""Writing an explain run's images: overlays and maps on worker threads, rows in input order.
+"""The explain run's sink: overlays and maps written on worker threads, rows in input order after them.
 
 Rendering (a table lookup and integer blends) and encoding (Pillow) run mostly outside the GIL, on every
 core, between the engine's turns on a CPU (see ``Turns``); at most ``MAX_PENDING`` images wait.
@@ -11,57 +11,107 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from vitcam_cli.data import ImageItem
 from vitcam_cli.metrics.adcc import PARTS
 from vitcam_cli.outputs.atomic import write_atomic
 from vitcam_cli.outputs.manifest import Manifest
-from vitcam_cli.outputs.overlay import encode_overlay, render_overlay
+from vitcam_cli.outputs.overlay import OverlaySettings, encode_overlay, overlay_extension, render_overlay
 from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail
+from vitcam_cli.outputs.results import ImageResult, MethodOutput
+from vitcam_cli.outputs.rows import Row
 from vitcam_cli.turns import Turns
 
 WRITER_THREADS = max(2, min(8, os.cpu_count() or 1))
 MAX_PENDING = 64  # images rendered or waiting: the submitting loop blocks beyond this
+GALLERY_LIMIT = 100  # the report keeps this many worst and best rows
 
 
-class OutputWriter:
-    """Renders overlays and saves maps on worker threads; rows leave in input order, after their files."""
+@dataclass(frozen=True)
+class Outputs:
+    """Which files each explained class gets, and how they look."""
+
+    overlays: bool
+    maps: bool
+    overlay: OverlaySettings
+
+
+def output_name(item: ImageItem, class_index: int, several: bool, suffix: str) -> str:
+    """``<key><suffix>``, or ``<key>.<class><suffix>`` when each image gets several classes."""
+    return f"{item.key}.{class_index}{suffix}" if several else f"{item.key}{suffix}"
+
+
+def explained_rows(
+    image: ImageResult, output: MethodOutput, class_names: list[str], outputs: Outputs
+) -> list[Row]:
+    """One row per explained class of ``image``."""
+    several = len(output.classes) > 1
+    extension = overlay_extension(outputs.overlay.format, image.item.path)
+    rows = []
+    for t, class_index in enumerate(output.classes):
+        overlay = "overlays/" + output_name(image.item, class_index, several, f".{extension}")
+        saved = "maps/" + output_name(image.item, class_index, several, ".npy")
+        rows.append(
+            Row(
+                path=str(image.item.path),
+                class_index=class_index,
+                class_name=class_names[class_index],
+                probability=output.probabilities[t],
+                rank=output.ranks[t],
+                overlay=overlay if outputs.overlays else None,
+                map=saved if outputs.maps else None,
+                width=image.size[0],
+                height=image.size[1],
+                metrics={name: values[t] for name, values in output.values.items()},
+            )
+        )
+    return rows
+
+
+class ExplainWriter:
+    """Renders overlays and saves maps on worker threads; rows leave in input order, after their files.
+
+    ``emit`` sees every group of rows once they are in the manifest (stdout JSON lines).
+    """
 
     def __init__(
         self,
         out: Path,
         manifest: Manifest,
-        emit: Callable[[list[dict[str, Any]]], None],
-        colormap: str,
-        alpha: float,
+        emit: Callable[[list[Row]], None],
+        outputs: Outputs,
         method: str,
+        class_names: list[str],
         turns: Turns,
     ) -> None:
         self.out = out
         self.manifest = manifest
         self.emit = emit
-        self.colormap = colormap
-        self.alpha = alpha
+        self.outputs = outputs
         self.method = method
+        self.class_names = class_names
         self.turns = turns
         self.pool = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="vitcam-writer")
-        self.pending: deque[Future[list[dict[str, Any]]]] = deque()
-        self.gallery = Gallery(limit=100)  # the report's worst and best rows by ADCC
+        self.pending: deque[Future[list[Row]]] = deque()
+        self.gallery = Gallery(limit=GALLERY_LIMIT)  # the report's worst and best rows by ADCC
         self.gallery_lock = threading.Lock()
 
-    def submit_rows(self, rows: list[dict[str, Any]]) -> None:
-        future: Future[list[dict[str, Any]]] = Future()
-        future.set_result(rows)
+    def failed(self, item: ImageItem, message: str) -> None:
+        future: Future[list[Row]] = Future()
+        future.set_result([Row.failed(str(item.path), message)])
         self._enqueue(future)
 
-    def submit(self, job: dict[str, Any]) -> None:
-        self._enqueue(self.pool.submit(self._write, job))
+    def explained(self, image: ImageResult) -> None:
+        output = image.methods[self.method]
+        rows = explained_rows(image, output, self.class_names, self.outputs)
+        self._enqueue(self.pool.submit(self._write, image, list(output.maps), rows))
 
-    def _enqueue(self, future: Future[list[dict[str, Any]]]) -> None:
+    def _enqueue(self, future: Future[list[Row]]) -> None:
         self.pending.append(future)
         self.flush(wait=len(self.pending) > MAX_PENDING)
 
@@ -82,44 +132,36 @@ class OutputWriter:
         self.pending.clear()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def _render(self, job: dict[str, Any], saliency: torch.Tensor) -> np.ndarray:
-        return render_overlay(job["overlay"], saliency, job["view"], self.colormap, self.alpha)
+    def _render(self, image: ImageResult, saliency: torch.Tensor) -> np.ndarray:
+        overlay = self.outputs.overlay
+        return render_overlay(image.copy, saliency, image.view, overlay.colormap, overlay.alpha)
 
-    def _write(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+    def _write(self, image: ImageResult, maps: list[torch.Tensor], rows: list[Row]) -> list[Row]:
         """Render, encode and write each row's overlay (and map); without an overlay file
         (``--no-overlays``) a row is rendered only when the report's gallery keeps it."""
         self.turns.wait()
-        for row, saliency in zip(job["rows"], job["maps"], strict=True):
-            image = self._render(job, saliency) if row["overlay"] else None
-            if image is not None:
-                data = encode_overlay(image, Path(row["overlay"]).suffix[1:])
-                write_atomic(self.out / row["overlay"], lambda handle, data=data: handle.write(data))
-            if row["map"]:
+        for row, saliency in zip(rows, maps, strict=True):
+            rendered = self._render(image, saliency) if row.overlay else None
+            if row.overlay and rendered is not None:
+                data = encode_overlay(rendered, Path(row.overlay).suffix[1:])
+                write_atomic(self.out / row.overlay, lambda handle, data=data: handle.write(data))
+            if row.map:
                 raw = saliency.numpy().astype(np.float32)
-                write_atomic(self.out / row["map"], lambda handle, raw=raw: np.save(handle, raw))
-            self._offer(
-                row,
-                lambda image=image, saliency=saliency: (
-                    self._render(job, saliency) if image is None else image
-                ),
-            )
-        return job["rows"]
+                write_atomic(self.out / row.map, lambda handle, raw=raw: np.save(handle, raw))
+            self._offer(row, lambda s=saliency, r=rendered: self._render(image, s) if r is None else r)
+        return rows
 
-    def _offer(self, row: dict[str, Any], render: Callable[[], np.ndarray]) -> None:
-        """Offer the row to the report's gallery, sorted by ADCC (by probability with --no-adcc)."""
+    def _offer(self, row: Row, render: Callable[[], np.ndarray]) -> None:
+        """Offer the row to the report's gallery, sorted by ADCC (by probability without ADCC)."""
 
         def card() -> Card:
-            metrics = {name: row[name] for name in PARTS if row.get(name) is not None}
+            metrics = {name: row.metrics[name] for name in PARTS if name in row.metrics}
+            picture = thumbnail(render())
             panel = Panel(
-                self.method,
-                thumbnail(render()),
-                row["overlay"],
-                row["class_name"],
-                row["probability"],
-                metrics,
+                self.method, picture, row.overlay, row.class_name or "", row.probability or 0.0, metrics
             )
-            return Card(row["path"], None, [panel])
+            return Card(row.path, None, [panel])
 
-        value = row["adcc"] if row.get("adcc") is not None else row["probability"]
+        value = row.metrics.get("adcc", row.probability)
         with self.gallery_lock:
-            self.gallery.offer(float(value), card)
+            self.gallery.offer(float(value if value is not None else float("nan")), card)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -13,12 +12,12 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from vitcam_cli.errors import VitcamError
-from vitcam_cli.measure import MetricSettings, measure
+from vitcam_cli.defaults import BENCH_BATCH, PRESET_NAMES
+from vitcam_cli.errors import ParameterError
 from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM, describe
+from vitcam_cli.metrics.measure import MetricSettings, measure
 from vitcam_cli.models import LoadedModel, ModelSpec
-from vitcam_cli.pipeline import library_versions
-from vitcam_cli.runtime import autocast, check_precision, resolve_device
+from vitcam_cli.runtime import autocast, check_precision, device_name, library_versions, resolve_device
 
 
 @dataclass
@@ -28,25 +27,13 @@ class BenchOptions:
     overrides: dict[str, Any] = field(default_factory=dict)  # explicit method options over the preset
     engine: str = "auto"
     mask_batch: int | None = None
-    batch_size: int = 32
+    batch_size: int = BENCH_BATCH
     device: str = "auto"
     precision: str = "fp32"
     warmup: int = 1
     repeat: int = 3
     seed: int = 0
     adcc: bool = False
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 class PeakMemory:
@@ -138,11 +125,13 @@ def _adcc_cost(
 
 def run_bench(options: BenchOptions) -> dict[str, Any]:
     """Time a plain forward pass, then each requested variant, on the same random batch."""
-    if options.batch_size < 1 or options.repeat < 1 or options.warmup < 0:
-        raise VitcamError("--batch-size and --repeat must be at least 1, --warmup at least 0")
-    unknown = [v for v in options.variants if v not in PRESETS]
+    for name, value, least in (("batch_size", options.batch_size, 1), ("repeat", options.repeat, 1),
+                               ("warmup", options.warmup, 0)):  # fmt: skip
+        if value < least:
+            raise ParameterError(name, f"must be at least {least}", value)
+    unknown = [v for v in options.variants if v not in PRESET_NAMES]
     if unknown or not options.variants:
-        raise VitcamError(f"--variant: use one or more of {', '.join(PRESETS)}")
+        raise ParameterError("variant", f"use one or more of {', '.join(PRESET_NAMES)}", ", ".join(unknown))
     device = resolve_device(options.device)
     check_precision(options.precision, device)
     loaded: LoadedModel = options.model.load(device)

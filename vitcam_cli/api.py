@@ -1,0 +1,232 @@
+"""The Python API: an ``Explainer`` turns images into ``Explanations`` in a line.
+
+    import timm
+    from vitcam_cli import Explainer
+
+    explainer = Explainer("fashion-vit", method="reciprocam")   # or a timm model object
+    result = explainer(["a.jpg", "b.png"])  # paths, PIL images, or a preprocessed (B, 3, H, W) tensor
+    result.maps          # (B, T, h, w) raw scores on the token grid, as --save-maps writes them
+    result.overlays()    # PIL overlays, as the command line renders them
+    explainer.scores(result)   # ADCC and its parts per image and class
+
+Images go through exactly what ``vitcam explain`` does to them (decoding, the model's preprocessing,
+the same method and engine), so a map from here equals the one the command line saves for that file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from vitcam_cli.data import Box, DecodePlan
+from vitcam_cli.defaults import DEFAULT_ALPHA, DEFAULT_COLORMAP, DEFAULT_METHOD, DEFAULT_OVERLAY_SIDE
+from vitcam_cli.errors import ParameterError, VitcamError
+from vitcam_cli.methods.base import ClassChooser, Explanation
+from vitcam_cli.methods.factory import canonical_name, create_method
+from vitcam_cli.metrics.adcc import scale_to_input
+from vitcam_cli.metrics.localization import boxes_mask
+from vitcam_cli.metrics.measure import MetricSettings, measure
+from vitcam_cli.models import LoadedModel, ModelSpec, wrap_model
+from vitcam_cli.outputs.overlay import render_overlay, view_in
+from vitcam_cli.preprocessing import Preprocessing, Size, View
+from vitcam_cli.runner import input_boxes
+from vitcam_cli.runtime import autocast, check_precision, resolve_device
+from vitcam_cli.targets import TargetRequest
+
+ImageInput = str | Path | Image.Image
+
+
+@dataclass
+class Source:
+    """What an explained image was: its original's size, a copy for overlays and the model's view."""
+
+    size: Size  # the original's (width, height), after EXIF orientation
+    copy: np.ndarray  # (h, w, 3) uint8, longest side at most 768 px (the command line's default)
+    view: View | None  # the model's view, in the original's pixels
+
+
+@dataclass
+class Explanations:
+    """Explanations of a batch: ``T`` explained classes for each of ``B`` images."""
+
+    maps: Tensor  # (B, T, h, w) float32 raw saliency on the token grid
+    classes: Tensor  # (B, T) class indices
+    class_names: list[list[str]]  # (B, T)
+    probabilities: Tensor  # (B, T) softmax of the unmasked prediction
+    method: str  # the method's canonical name
+    inputs: Tensor = field(repr=False)  # (B, 3, H, W) the model's input, on its device
+    sources: list[Source] = field(repr=False)
+    raw: Explanation = field(repr=False)  # the method's own result, on the model's device
+
+    def heatmaps(self, original: bool = False) -> Tensor | list[np.ndarray]:
+        """Maps min-max scaled to [0, 1] and upsampled bilinearly: (B, T, H, W) at the model's input
+        size, or with ``original`` one (T, height, width) array per image on the original's pixels
+        (0 where preprocessing cropped the original away)."""
+        if not original:
+            return scale_to_input(self.maps, (self.inputs.shape[-2], self.inputs.shape[-1]))
+        return [_on_original(maps, source) for maps, source in zip(self.maps, self.sources, strict=True)]
+
+    def overlays(self, colormap: str = DEFAULT_COLORMAP, alpha: float = DEFAULT_ALPHA) -> list[Image.Image]:
+        """One overlay per (image, class), in the order of ``classes.flatten()``, drawn as the command line
+        draws them (longest side at most 768 px)."""
+        pictures = []
+        for maps, source in zip(self.maps, self.sources, strict=True):
+            view = view_in((source.copy.shape[1], source.copy.shape[0]), source.size, source.view)
+            pictures += [Image.fromarray(render_overlay(source.copy, m, view, colormap, alpha)) for m in maps]
+        return pictures
+
+
+def _on_original(maps: Tensor, source: Source) -> np.ndarray:
+    width, height = source.size
+    x0, y0, x1, y1 = source.view or (0.0, 0.0, float(width), float(height))
+    view_w, view_h = max(1, round(x1 - x0)), max(1, round(y1 - y0))
+    scaled = scale_to_input(maps, (view_h, view_w))
+    canvas = torch.zeros(maps.shape[0], height, width)
+    left, top = round(x0), round(y0)
+    src_x, src_y, dst_x, dst_y = max(0, -left), max(0, -top), max(0, left), max(0, top)
+    w, h = min(width - dst_x, view_w - src_x), min(height - dst_y, view_h - src_y)
+    if w > 0 and h > 0:
+        canvas[:, dst_y : dst_y + h, dst_x : dst_x + w] = scaled[:, src_y : src_y + h, src_x : src_x + w]
+    return canvas.numpy()
+
+
+class Explainer:
+    """A model and a saliency method, ready to explain images.
+
+    ``model`` is a timm model object or any model string of the command line (a timm name, ``hf-hub:``,
+    ``local-dir:``, a folder, or the bundled ``fashion-vit``); ``method`` any method string
+    (``reciprocam``, ``reciprocam:otx:single``, ``relevance``, ...).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | str,
+        method: str = DEFAULT_METHOD,
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+        engine: str = "auto",
+        mask_batch: int | None = None,
+        checkpoint: Path | None = None,
+        pretrained: bool = True,
+        num_classes: int | None = None,
+        img_size: tuple[int, int] | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        check_precision(precision, self.device)
+        self.precision = precision
+        if isinstance(model, nn.Module):
+            self.loaded: LoadedModel = wrap_model(model, self.device)
+        else:
+            self.loaded = ModelSpec(model, checkpoint, pretrained, num_classes, img_size).load(self.device)
+        self.method_name = canonical_name(method)
+        self.method = create_method(method, self.loaded, mask_batch, engine)
+        self.preprocessing = Preprocessing(self.loaded.transform)
+        self.plan = DecodePlan(self.preprocessing, DEFAULT_OVERLAY_SIDE)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.loaded.class_names
+
+    def __call__(
+        self,
+        images: Sequence[ImageInput] | ImageInput | Tensor,
+        *,
+        classes: Sequence[int | str] | None = None,
+        top_k: int | None = None,
+        labels: Sequence[int | str] | None = None,
+    ) -> Explanations:
+        """Explain ``images`` for ``classes`` (the same for every image), the ``top_k`` most probable
+        classes, or each image's label in ``labels``; by default each image's top prediction."""
+        inputs, sources = self._inputs(images)
+        choose = self._chooser(classes, top_k, labels, inputs.shape[0])
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            raw = self.method(inputs, choose)
+        classes_cpu = raw.classes.cpu()
+        probabilities = torch.softmax(raw.logits.float(), -1).gather(1, raw.classes).cpu()
+        names = [[self.class_names[int(c)] for c in row] for row in classes_cpu]
+        return Explanations(
+            raw.maps.float().cpu(), classes_cpu, names, probabilities, self.method_name, inputs, sources, raw
+        )
+
+    def scores(
+        self,
+        result: Explanations,
+        *,
+        insertion_deletion: bool = False,
+        steps: int = 20,
+        baseline: str = "blur",
+        boxes: Sequence[Sequence[Box]] | None = None,
+    ) -> dict[str, Tensor]:
+        """Faithfulness (ADCC and its parts; insertion and deletion AUC on request) and, with ``boxes``
+        (x1, y1, x2, y2 in the original's pixels, per image), the pointing game and energy-in-box: each a
+        (B, T) tensor, as the command line computes them."""
+        settings = MetricSettings(insertion_deletion=insertion_deletion, steps=steps, baseline=baseline)
+        inside = self._inside(result, boxes) if boxes is not None else None
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            values = measure(self.method, self.loaded.model, result.inputs, result.raw, settings, inside)
+        shape = result.classes.shape
+        return {name: value.view(shape).cpu() for name, value in values.items()}
+
+    def _inputs(self, images: Sequence[ImageInput] | ImageInput | Tensor) -> tuple[Tensor, list[Source]]:
+        """The model's input on its device, and where each image came from."""
+        if isinstance(images, Tensor):
+            return self._tensor_inputs(images)
+        listed = [images] if isinstance(images, str | Path | Image.Image) else list(images)
+        if not listed:
+            raise ParameterError("images", "is empty: pass paths, PIL images or a (B, 3, H, W) tensor")
+        prepared = [
+            self.plan.prepare(image) if isinstance(image, Image.Image) else self.plan.decode(Path(image))
+            for image in listed
+        ]
+        batch = torch.stack([tensor for tensor, _, _ in prepared]).to(self.device)
+        sources = [Source(size, copy, self.preprocessing.view(size)) for _, copy, size in prepared]
+        return self.preprocessing.finish(batch), sources
+
+    def _tensor_inputs(self, images: Tensor) -> tuple[Tensor, list[Source]]:
+        expected = tuple(self.loaded.input_size)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ParameterError(
+                "images", f"must be (B, {', '.join(map(str, expected))}), not {tuple(images.shape)}"
+            )
+        mean = torch.tensor(self.loaded.data_config["mean"]).view(1, -1, 1, 1)
+        std = torch.tensor(self.loaded.data_config["std"]).view(1, -1, 1, 1)
+        pixels = ((images.detach().float().cpu() * std + mean).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        size = (expected[2], expected[1])
+        sources = [Source(size, picture.permute(1, 2, 0).numpy(), None) for picture in pixels]
+        return images.to(self.device), sources
+
+    def _chooser(
+        self,
+        classes: Sequence[int | str] | None,
+        top_k: int | None,
+        labels: Sequence[int | str] | None,
+        count: int,
+    ) -> ClassChooser:
+        if sum([classes is not None, top_k is not None, labels is not None]) > 1:
+            raise VitcamError("{classes}, {top_k} and {labels} choose the classes: pass only one of them")
+        if top_k is not None and not 1 <= top_k <= len(self.class_names):
+            raise ParameterError("top_k", f"must be between 1 and {len(self.class_names)}", top_k)
+        if labels is not None:
+            if len(labels) != count:
+                raise ParameterError("labels", f"needs one label per image ({count}), not {len(labels)}")
+            truth = torch.tensor([self.loaded.resolve_class(str(label)) for label in labels])
+            return TargetRequest(from_labels=True).chooser(truth)
+        chosen = tuple(dict.fromkeys(self.loaded.resolve_class(str(value)) for value in classes or ()))
+        return TargetRequest(top_k=top_k or 1, classes=chosen).chooser()
+
+    def _inside(self, result: Explanations, boxes: Sequence[Sequence[Box]]) -> Tensor:
+        if len(boxes) != len(result.sources):
+            raise ParameterError("boxes", f"needs one list of boxes per image ({len(result.sources)})")
+        size = (result.inputs.shape[-2], result.inputs.shape[-1])
+        moved = [
+            input_boxes(list(image_boxes), source.view, size, *source.size)
+            for image_boxes, source in zip(boxes, result.sources, strict=True)
+        ]
+        return boxes_mask(moved, size, self.device)

@@ -1,0 +1,329 @@
+"""``vitcam explain``: every image's overlays, maps and result rows, written as a batch run streams them.
+
+Writes ``overlays/``, ``maps/``, ``results.jsonl`` and ``results.csv`` (one row per image and explained
+class), ``summary.json`` and ``report.html``; a shard writes its own part files, merged later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from vitcam_cli.data import IMAGE_EXTENSIONS, ImageItem, discover, output_folders, read_labels, read_path_list
+from vitcam_cli.defaults import DEFAULT_PRESET, EXPLAIN_BATCH, PRESET_NAMES
+from vitcam_cli.distributed import Shard
+from vitcam_cli.errors import ParameterError, VitcamError
+from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM, describe
+from vitcam_cli.metrics.adcc import ADCC_DEFINITION
+from vitcam_cli.metrics.aggregate import METRICS
+from vitcam_cli.metrics.measure import MetricSettings
+from vitcam_cli.models import LoadedModel, ModelSpec
+from vitcam_cli.outputs.atomic import ensure_writable, remove_stale_temporaries, write_json_atomic
+from vitcam_cli.outputs.manifest import Counts, Manifest
+from vitcam_cli.outputs.merge import merge_shards
+from vitcam_cli.outputs.overlay import OverlaySettings
+from vitcam_cli.outputs.report import THUMBNAIL_SIDE, Gallery, write_report
+from vitcam_cli.outputs.rows import Row
+from vitcam_cli.outputs.writer import ExplainWriter, Outputs
+from vitcam_cli.runner import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    BatchRun,
+    RunSettings,
+    progress_bar,
+)
+from vitcam_cli.runtime import check_precision, device_label, library_versions
+from vitcam_cli.targets import TargetRequest
+from vitcam_cli.turns import Turns
+
+# settings that change what is written: resuming into a folder written with others is refused
+RESUME_KEYS = ("model", "method", "targets", "colormap", "alpha", "overlays")
+
+
+@dataclass
+class ExplainOptions:
+    inputs: list[str]
+    model: ModelSpec
+    files_from: str | None = None  # a file of paths, one per line; "-" for standard input
+    variant: str = DEFAULT_PRESET
+    overrides: dict[str, Any] = field(default_factory=dict)  # explicit method options over the preset
+    classes: list[str] = field(default_factory=list)
+    top_k: int | None = None
+    labels: Path | None = None
+    out: Path = Path("vitcam-out")
+    save_maps: bool = False
+    overlays: bool = True
+    overlay: OverlaySettings = field(default_factory=OverlaySettings)
+    adcc: bool = True
+    skip_existing: bool = False
+    jsonl: bool = False  # every row also as a JSON line on stdout
+    run: RunSettings = field(default_factory=lambda: RunSettings(batch_size=EXPLAIN_BATCH))
+
+    def check(self) -> None:
+        self.run.check()
+        self.overlay.check()
+        if self.variant not in PRESET_NAMES:
+            raise ParameterError("variant", f"use one of {', '.join(PRESET_NAMES)}", self.variant)
+        if not self.inputs and self.files_from is None:
+            raise VitcamError("no inputs: pass image files or folders, or {files_from} FILE (- for stdin)")
+        if sum([bool(self.classes), self.top_k is not None, self.labels is not None]) > 1:
+            raise VitcamError(
+                "{classes}, {top_k} and {labels} choose the target classes: use only one of them"
+            )
+
+
+def target_request(options: ExplainOptions, loaded: LoadedModel) -> TargetRequest:
+    count = len(loaded.class_names)
+    if options.top_k is not None and not 1 <= options.top_k <= count:
+        raise ParameterError("top_k", f"must be between 1 and {count} (the class count)", options.top_k)
+    classes = tuple(dict.fromkeys(loaded.resolve_class(value) for value in options.classes))
+    return TargetRequest(top_k=options.top_k or 1, classes=classes, from_labels=options.labels is not None)
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="vitcam explain", show_header=False, title_justify="left")
+    images = summary["images"]
+    table.add_row("images ok", str(images["ok"]))
+    table.add_row("images failed", str(images["error"]))
+    table.add_row("resumed (skipped)", str(images["skipped"]))
+    if summary["adcc"]:
+        adcc = summary["adcc"]
+        parts = " / ".join(
+            f"{adcc[name]:.4f}" for name in ("average_drop", "increase", "coherency", "complexity")
+        )
+        table.add_row("ADCC (of means / mean)", f"{adcc['adcc']:.4f} / {adcc['adcc_mean']:.4f}")
+        table.add_row("drop / increase / coherency / complexity", parts)
+    table.add_row("wall time", f"{summary['wall_seconds']:.1f} s")
+    table.add_row("images / s", f"{summary['images_per_second']:.2f}")
+    table.add_row("method", describe(summary["settings"]["method"]))
+    table.add_row("engine", summary["settings"]["engine"])
+    table.add_row("device", f"{summary['device']} {summary['precision']}")
+    table.add_row("output", summary["out"])
+    return table
+
+
+def write_explain_report(path: Path, summary: dict[str, Any], gallery: Gallery) -> None:
+    """The report of an explain run (or of its merged shards), from its summary.json."""
+    images, method, adcc = summary["images"], summary["settings"]["method"], summary["adcc"] or {}
+    facts = [
+        ("model", summary["settings"]["model"]["model"]),
+        ("method", f"ViT-ReciproCAM {describe(method)}, {summary['settings']['engine']} engine"),
+        ("images", f"{images['ok']} explained, {images['error']} failed, {images['skipped']} resumed"),
+        ("device", f"{summary['device']} {summary['precision']}"),
+        ("time", f"{summary['wall_seconds']:.1f} s, {summary['images_per_second']:.2f} images/s"),
+    ]
+    columns = ["method", "images", *(name for name in METRICS if name in adcc)]
+    row = [method["variant"], str(images["ok"]), *(f"{adcc[name]:.4f}" for name in columns[2:])]
+    notes = [ADCC_DEFINITION] if adcc else ["ADCC was not computed: the gallery is sorted by probability."]
+    if images["skipped"]:
+        notes.append("The gallery shows images explained in this run; resumed images are in results.jsonl.")
+    write_report(path, "vitcam explain", facts, columns, [row], gallery.cards(), gallery.offered, notes)
+
+
+def _refuse_other_settings(out: Path, settings: dict[str, Any], summary_name: str) -> None:
+    """Resuming: temporary files of killed runs go; a folder written with other settings is refused."""
+    remove_stale_temporaries(out)
+    previous = out / summary_name
+    if not previous.is_file():
+        return
+    try:
+        before = json.loads(previous.read_text()).get("settings", {})
+    except (OSError, json.JSONDecodeError):
+        before = {}
+    changed = [key for key in RESUME_KEYS if key in before and before[key] != settings.get(key)]
+    if changed:
+        raise ParameterError(
+            "skip_existing",
+            f"{out} was written with different {', '.join(changed)} settings; rerun with the same options "
+            "or use a new {out}",
+        )
+
+
+def merge_explanations(folders: list[Path], destination: Path, quiet: bool) -> int:
+    """Combine an explain run's shards: results.jsonl/.csv, summary.json and report.html."""
+    summary = merge_shards(folders, destination, write_explain_report)
+    Console(stderr=True, quiet=quiet).print(summary_table(summary))
+    return EXIT_SOME_FAILED if summary["images"]["error"] else EXIT_OK
+
+
+class Explain:
+    """The explain command on one process's images (see ``runner.run_command``)."""
+
+    def __init__(
+        self, options: ExplainOptions, stdin: TextIO | None = None, stdout: TextIO | None = None
+    ) -> None:
+        self.options = options
+        self.stdin = stdin
+        self.stdout = stdout or sys.stdout
+        self.out = options.out
+
+    def merge(self, folders: list[Path], destination: Path, quiet: bool) -> int:
+        return merge_explanations(folders, destination, quiet)
+
+    def run(self, shard: Shard | None, device: torch.device, quiet: bool) -> int:
+        started = time.perf_counter()
+        options = self.options
+        options.check()
+        check_precision(options.run.precision, device)
+        items = self._items(shard)
+        loaded = options.model.load(device)
+        request = target_request(options, loaded)
+        labels = read_labels(options.labels, items, loaded.resolve_class) if options.labels else {}
+        settings = PRESETS[options.variant].with_overrides(**options.overrides)
+        explainer = ReciproCAM(
+            loaded.model,
+            loaded.layout,
+            settings,
+            loaded.input_size,
+            options.run.mask_batch,
+            options.run.engine,
+        )
+        recorded = self._settings(loaded, request, explainer)
+        part = shard.suffix if shard else ""
+        ensure_writable(options.out)
+        if options.skip_existing:
+            _refuse_other_settings(options.out, recorded, f"summary{part}.json")
+        summary: dict[str, Any] = {
+            "tool": "vitcam explain",
+            "status": "running",
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": library_versions(),
+            "settings": recorded,
+            "device": device_label(device),
+            "precision": options.run.precision,
+            "out": str(options.out),
+            "shard": f"{shard.index}/{shard.count}" if shard else None,
+        }
+        write_json_atomic(options.out / f"summary{part}.json", summary)
+        manifest = Manifest(options.out, options.skip_existing, options.save_maps, part, options.overlays)
+        todo = [item for item in items if str(item.path) not in manifest.done]
+        run = BatchRun(
+            items=[item for item in todo if not isinstance(labels.get(item.path), str)],
+            loaded=loaded,
+            methods={options.variant: explainer},
+            targets=lambda batch: request.chooser(self._labels(request, labels, batch)),
+            settings=options.run,
+            device=device,
+            metrics=MetricSettings(adcc=options.adcc),
+            overlay_side=options.overlay.size if options.overlays else THUMBNAIL_SIDE,
+            turns=Turns(enabled=device.type == "cpu"),
+        )
+        writer = ExplainWriter(
+            options.out, manifest, self._emit, self._outputs(), options.variant, loaded.class_names, run.turns
+        )
+        status = self._stream(run, writer, manifest, todo, labels, quiet)
+        counts: Counts = manifest.finish(csv_too=shard is None)
+        elapsed = time.perf_counter() - started
+        summary.update(
+            status=status,
+            finished=datetime.now(UTC).isoformat(timespec="seconds"),
+            images={
+                "ok": counts.images_ok,
+                "error": counts.images_error,
+                "skipped": len(items) - len(todo),
+                "total": len(items),
+            },
+            rows=counts.rows,
+            wall_seconds=round(elapsed, 3),
+            images_per_second=round(len(todo) / elapsed, 3) if elapsed > 0 else 0.0,
+            adcc=counts.metrics or None,
+            mask_batch_reductions=explainer.reductions,
+        )
+        write_json_atomic(options.out / f"summary{part}.json", summary)
+        if shard is None:  # a shard's report comes with the merge
+            write_explain_report(options.out / "report.html", summary, writer.gallery)
+        Console(stderr=True, quiet=quiet).print(summary_table(summary))
+        if status == "interrupted":
+            return EXIT_INTERRUPTED
+        return EXIT_SOME_FAILED if counts.images_error else EXIT_OK
+
+    def _items(self, shard: Shard | None) -> list[ImageItem]:
+        """The inputs (never the run's own outputs), this shard's when sharded."""
+        options = self.options
+        listed = read_path_list(options.files_from, self.stdin) if options.files_from else []
+        items = discover(options.inputs, listed, skip=output_folders(options.out))
+        if not items:
+            where = ", ".join(options.inputs) or options.files_from
+            raise VitcamError(f"no images found in {where} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        return shard.take(items) if shard else items
+
+    def _settings(self, loaded: LoadedModel, request: TargetRequest, explainer: ReciproCAM) -> dict[str, Any]:
+        """What summary.json records of the run: resuming and merging compare these."""
+        options = self.options
+        overlays = {"format": options.overlay.format, "size": options.overlay.size or "original"}
+        return {
+            "model": loaded.info,
+            "method": {"name": "reciprocam", "variant": options.variant, **explainer.settings.as_dict()},
+            "engine": explainer.engine.name,
+            "targets": request.describe() | ({"labels": str(options.labels)} if options.labels else {}),
+            "colormap": options.overlay.colormap,
+            "alpha": options.overlay.alpha,
+            "overlays": overlays if options.overlays else None,
+            "save_maps": options.save_maps,
+            "batch_size": options.run.batch_size,
+            "mask_batch": options.run.mask_batch or "auto",
+        }
+
+    def _outputs(self) -> Outputs:
+        return Outputs(
+            overlays=self.options.overlays, maps=self.options.save_maps, overlay=self.options.overlay
+        )
+
+    @staticmethod
+    def _labels(
+        request: TargetRequest, labels: dict[Path, int | str], batch: list[ImageItem]
+    ) -> torch.Tensor | None:
+        if not request.from_labels:
+            return None
+        return torch.tensor([int(labels[item.path]) for item in batch])
+
+    def _emit(self, rows: list[Row]) -> None:
+        if self.options.jsonl:
+            self.stdout.write("".join(json.dumps(row.record()) + "\n" for row in rows))
+            self.stdout.flush()
+
+    def _stream(
+        self,
+        run: BatchRun,
+        writer: ExplainWriter,
+        manifest: Manifest,
+        todo: list[ImageItem],
+        labels: dict[Path, int | str],
+        quiet: bool,
+    ) -> str:
+        """Stream the run into the writer; returns complete or interrupted."""
+        progress = progress_bar(Console(stderr=True, quiet=quiet), "explaining", quiet)
+        task = progress.add_task("explain", total=len(todo))
+        try:
+            with progress:
+                unlabelled = [item for item in todo if isinstance(labels.get(item.path), str)]
+                for item in unlabelled:  # the labels file has no row for it
+                    writer.failed(item, str(labels[item.path]))
+                progress.advance(task, len(unlabelled))
+                run.stream([writer], lambda count: progress.advance(task, count))
+                writer.drain()
+        except KeyboardInterrupt:
+            writer.drain()
+            return "interrupted"
+        except OSError as error:  # out of disk space, the folder removed or made read-only mid-run
+            writer.abandon()
+            with contextlib.suppress(OSError):
+                manifest.close()
+            raise ParameterError(
+                "out",
+                f"writing failed ({error.strerror or error}); the images finished before are intact in "
+                f"{manifest.jsonl.name}: free space or fix the folder, then rerun with {{skip_existing}}",
+                self.options.out,
+            ) from error
+        return "complete"

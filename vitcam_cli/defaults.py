@@ -1,0 +1,40 @@
+"""Names and defaults every front end shows, declared once and importable without torch or timm, so
+that ``vitcam --help`` and ``vitcam --version`` answer at once. The modules that use them import them
+from here."""
+
+from __future__ import annotations
+
+# ViT-ReciproCAM: the published presets (see methods/reciprocam.py) and the choices within them
+PRESET_NAMES = ("official", "otx", "openvino-xai")
+# chosen by benchmarks/quality.py on the bundled model: best ADCC, then pointing game, then speed
+DEFAULT_PRESET = "openvino-xai"
+KERNELS = ("gaussian", "single")
+SKIPS = ("ln", "masked-input", "input")
+SCORES = ("softmax", "logit", "contrast")
+SUBTRACTS = ("none", "empty")
+ENGINES = ("auto", "fast", "dense")
+BASELINE_METHODS = ("gradcam", "rollout", "relevance")
+DEFAULT_METHOD = "reciprocam"
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEFAULT_DEVICE = "auto"
+
+# overlays
+DEFAULT_COLORMAP = "inferno"
+DEFAULT_ALPHA = 0.5
+OVERLAY_FORMATS = ("auto", "jpg", "png", "webp")
+# the overlays' longest side unless told otherwise; every JPEG is decoded with at least this longest
+# side whatever the overlay settings, so default overlays need no second decode and the model's input
+# depends on the file and the model alone
+DEFAULT_OVERLAY_SIDE = 768
+
+# evaluate
+TARGETS = ("predicted", "label")
+DELETION_BASELINES = ("blur", "zero")
+# metrics where higher is better: the ones a CI gate (--fail-under) can gate on
+GATE_METRICS = ("adcc", "adcc_mean", "coherency", "insertion", "pointing_game", "energy_in_box")
+
+# batch sizes: explain writes overlays for every image, evaluate re-runs the model for its metrics
+EXPLAIN_BATCH = 8
+EVALUATE_BATCH = 16
+BENCH_BATCH = 32

@@ -1,0 +1,90 @@
+"""One row per (image, explained class): its fields, and the columns each output file takes from it.
+
+``explain`` writes ``EXPLAIN_COLUMNS`` to results.jsonl and results.csv; ``evaluate`` writes
+``EVALUATE_COLUMNS`` (one row per image and method) to per_image.csv. Merging shards, resuming and the
+report read rows back through ``Row.from_record``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vitcam_cli.metrics.adcc import PARTS
+
+# every per-image metric, in table order (the dataset's adcc_mean is the mean of the rows' adcc)
+ROW_METRICS = (*PARTS, "insertion", "deletion", "pointing_game", "energy_in_box")
+EXPLAIN_COLUMNS = (
+    "path", "status", "error", "class_index", "class_name", "probability", "rank", "overlay", "map",
+    "width", "height", *PARTS,
+)  # fmt: skip
+EVALUATE_COLUMNS = (
+    "path", "status", "error", "method", "label", "predicted", "correct", "class_index", "class_name",
+    "probability", *ROW_METRICS, "overlay",
+)  # fmt: skip
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+@dataclass
+class Row:
+    """An explained class of an image (``status`` ok), or an image that could not be explained (error)."""
+
+    path: str
+    status: str = "ok"
+    error: str | None = None
+    method: str | None = None  # the method's table name (evaluate)
+    label: str | None = None  # the ground-truth class name, when known (evaluate)
+    predicted: str | None = None  # the predicted class name (evaluate)
+    class_index: int | None = None
+    class_name: str | None = None
+    probability: float | None = None  # softmax of the unmasked prediction
+    rank: int | None = None  # 1 = the top prediction
+    overlay: str | None = None  # relative to the output folder
+    map: str | None = None
+    width: int | None = None  # the original's, after EXIF orientation
+    height: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def failed(cls, path: str, message: str, method: str | None = None) -> Row:
+        return cls(path, status="error", error=message, method=method)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def correct(self) -> int | None:
+        return None if self.label is None or self.predicted is None else int(self.label == self.predicted)
+
+    def record(self) -> dict[str, Any]:
+        """results.jsonl's object: every explain column, metrics rounded to 6 decimals, None when absent."""
+        values = {name: getattr(self, name) for name in EXPLAIN_COLUMNS if name not in PARTS}
+        values["probability"] = _rounded(self.probability)
+        return values | {name: _rounded(self.metrics.get(name)) for name in PARTS}
+
+    def evaluate_cells(self) -> dict[str, str]:
+        """per_image.csv's cells: empty for missing values, floats with 6 decimals."""
+        values = {name: getattr(self, name, None) for name in EVALUATE_COLUMNS} | {
+            name: self.metrics.get(name) for name in ROW_METRICS
+        }
+        return {
+            name: "" if value is None else f"{value:.6f}" if isinstance(value, float) else str(value)
+            for name, value in values.items()
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Row:
+        """A row from results.jsonl's object or per_image.csv's cells (empty cells are missing values)."""
+        known = {name: value for name, value in record.items() if name in cls.__dataclass_fields__}
+        fields = {name: None if value == "" else value for name, value in known.items() if name != "metrics"}
+        metrics = {name: float(record[name]) for name in ROW_METRICS if record.get(name) not in (None, "")}
+        row = cls(**fields, metrics=metrics)
+        for name in ("class_index", "rank", "width", "height"):
+            value = getattr(row, name)
+            setattr(row, name, None if value is None else int(value))
+        row.probability = None if row.probability is None else float(row.probability)
+        return row

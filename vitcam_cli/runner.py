@@ -1,0 +1,258 @@
+"""One batch run, shared by ``explain`` and ``evaluate``: image files in, explained images out to sinks.
+
+``BatchRun.stream``: decoding workers -> every method (and the metrics that re-run the model) on each
+batch -> every sink, one image at a time and in input order. On a CPU the image work takes turns with
+the engine (see ``Turns``). ``run_command`` adds what both commands share around a run: one process,
+a hand-made shard, or one shard per torchrun rank and the merge of the shards on rank 0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+from torch import Tensor
+
+from vitcam_cli.data import Batch, Box, DecodePlan, ImageFiles, ImageItem, default_workers, make_loader
+from vitcam_cli.distributed import Shard, process_group, rank_device, torchrun_rank
+from vitcam_cli.errors import ParameterError
+from vitcam_cli.methods.base import ClassChooser, Explanation, SaliencyMethod
+from vitcam_cli.metrics.localization import boxes_mask
+from vitcam_cli.metrics.measure import MetricSettings, measure
+from vitcam_cli.models import LoadedModel
+from vitcam_cli.outputs.overlay import view_in
+from vitcam_cli.outputs.results import ImageResult, MethodOutput, Sink
+from vitcam_cli.preprocessing import Preprocessing, Size, View
+from vitcam_cli.runtime import autocast, resolve_device
+from vitcam_cli.targets import ranks
+from vitcam_cli.turns import Turns
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run computes, whatever it writes."""
+
+    batch_size: int = 8
+    workers: int | None = None  # decoding processes; None: default_workers(device)
+    device: str = "auto"
+    precision: str = "fp32"
+    mask_batch: int | None = None  # masked sequences per chunk; None: automatic
+    engine: str = "auto"
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise ParameterError("batch_size", "must be at least 1")
+        if self.workers is not None and self.workers < 0:
+            raise ParameterError("workers", "must be 0 (decode in the main process) or more")
+        if self.mask_batch is not None and self.mask_batch < 1:
+            raise ParameterError("mask_batch", "must be at least 1 (or None for automatic)")
+
+
+@dataclass
+class MethodClock:
+    """Seconds a method spent explaining (metrics excluded), after one untimed call with ``warm_up``."""
+
+    warm_up: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def call(self, name: str, method: SaliencyMethod, images: Tensor, choose: ClassChooser) -> Explanation:
+        if self.warm_up and name not in self.seconds:
+            method(images, choose).maps.sum().item()  # no method pays the run's one-off set-up
+        started = time.perf_counter()
+        explanation = method(images, choose)
+        explanation.maps.sum().item()  # waits for the device: the explanation alone is timed
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+        return explanation
+
+
+def non_finite(logits: Tensor, maps: Tensor, precision: str) -> str | None:
+    """Why an image's results cannot be written (never a map of NaNs), or None when they are finite."""
+    cause = "fp16 overflow: try {precision} bf16 or fp32" if precision == "fp16" else "a broken checkpoint?"
+    if not torch.isfinite(logits).all():
+        return f"non-finite prediction (NaN or inf logits; {cause})"
+    if not torch.isfinite(maps).all():
+        return f"non-finite saliency scores (NaN or inf; {cause})"
+    return None
+
+
+@dataclass
+class BatchRun:
+    """The images of one process, explained by every method, batch after batch."""
+
+    items: list[ImageItem]
+    loaded: LoadedModel
+    methods: dict[str, SaliencyMethod]
+    targets: Callable[[list[ImageItem]], ClassChooser]  # the classes to explain for a batch's images
+    settings: RunSettings
+    device: torch.device
+    metrics: MetricSettings = field(default_factory=MetricSettings)
+    overlay_side: int | None = 768  # of the copies overlays are drawn on; None: the original size
+    boxes: dict[Path, list[Box]] | None = None  # ground truth for the localisation metrics
+    clock: MethodClock = field(default_factory=MethodClock)
+    turns: Turns = field(default_factory=lambda: Turns(enabled=False))  # shared with the sinks' threads
+
+    def stream(self, sinks: Sequence[Sink], advance: Callable[[int], None]) -> None:
+        """Hand every image to every sink, in input order; ``advance`` counts finished images."""
+        preprocessing = Preprocessing(self.loaded.transform)
+        dataset = ImageFiles(self.items, DecodePlan(preprocessing, self.overlay_side), self.turns)
+        workers = default_workers(self.device) if self.settings.workers is None else self.settings.workers
+        loader = make_loader(dataset, self.settings.batch_size, workers, self.device.type == "cuda")
+        for batch in loader:
+            results = self._explain(batch, preprocessing) if batch.images is not None else {}
+            failures = dict(batch.failures)
+            for index in sorted([*batch.indices, *failures]):
+                item = self.items[index]
+                outcome = results.get(index) or failures.get(index, "")
+                for sink in sinks:
+                    if isinstance(outcome, str):
+                        sink.failed(item, outcome)
+                    else:
+                        sink.explained(outcome)
+            advance(len(batch.indices) + len(failures))
+
+    def _explain(self, batch: Batch, preprocessing: Preprocessing) -> dict[int, ImageResult | str]:
+        """Every decoded image of ``batch``: its result, or why it has none (non-finite scores)."""
+        items = [self.items[index] for index in batch.indices]
+        views = [preprocessing.view(size) for size in batch.sizes]
+        images = preprocessing.finish(batch.images.to(self.device, non_blocking=True))
+        inside = self._inside_boxes(items, views, batch.sizes)
+        choose = self.targets(items)
+        with self.turns.engine(), torch.inference_mode(), autocast(self.settings.precision, self.device):
+            outputs = {
+                name: self._run_method(name, method, images, choose, inside)
+                for name, method in self.methods.items()
+            }
+        results: dict[int, ImageResult | str] = {}
+        for position, (index, item) in enumerate(zip(batch.indices, items, strict=True)):
+            problem = next((p for p in (o[1][position] for o in outputs.values()) if p), None)
+            if problem:
+                results[index] = problem
+                continue
+            copy = batch.overlay(position)
+            size = batch.sizes[position]
+            view = view_in((copy.shape[1], copy.shape[0]), size, views[position])
+            methods = {name: output[0][position] for name, output in outputs.items()}
+            results[index] = ImageResult(item, size, copy, view, methods)
+        return results
+
+    def _inside_boxes(
+        self, items: list[ImageItem], views: list[View | None], sizes: list[Size]
+    ) -> Tensor | None:
+        if self.boxes is None:
+            return None
+        input_size = (int(self.loaded.input_size[1]), int(self.loaded.input_size[2]))
+        moved = [
+            input_boxes(self.boxes[item.path], view, input_size, *size)
+            for item, view, size in zip(items, views, sizes, strict=True)
+        ]
+        return boxes_mask(moved, input_size, self.device)
+
+    def _run_method(
+        self, name: str, method: SaliencyMethod, images: Tensor, choose: ClassChooser, inside: Tensor | None
+    ) -> tuple[list[MethodOutput], list[str | None]]:
+        """Per image: the method's output, and why it cannot be used (None when it can)."""
+        explanation = self.clock.call(name, method, images, choose)
+        values = {}
+        if self.metrics.adcc or self.metrics.insertion_deletion or inside is not None:
+            values = measure(method, self.loaded.model, images, explanation, self.metrics, inside)
+        batch = images.shape[0]
+        per_image = {metric: value.view(batch, -1).cpu() for metric, value in values.items()}
+        logits = explanation.logits.float().cpu()
+        classes = explanation.classes.cpu()
+        maps = explanation.maps.float().cpu()
+        probabilities = torch.softmax(logits, -1).gather(1, classes)
+        class_ranks = ranks(logits, classes)
+        outputs = [
+            MethodOutput(
+                maps=maps[i],
+                classes=classes[i].tolist(),
+                probabilities=probabilities[i].tolist(),
+                ranks=class_ranks[i].tolist(),
+                predicted=int(logits[i].argmax()),
+                values={metric: value[i].tolist() for metric, value in per_image.items()},
+            )
+            for i in range(batch)
+        ]
+        problems = [non_finite(logits[i], maps[i], self.settings.precision) for i in range(batch)]
+        return outputs, problems
+
+
+def input_boxes(
+    boxes: list[Box], view: View | None, input_size: tuple[int, int], width: int, height: int
+) -> list[Box]:
+    """Original-image boxes moved into the preprocessed input's pixels, the way preprocessing moved them."""
+    rows, cols = input_size
+    x0, y0, x1, y1 = view or (0.0, 0.0, float(width), float(height))
+    sx, sy = cols / (x1 - x0), rows / (y1 - y0)
+    return [((a - x0) * sx, (b - y0) * sy, (c - x0) * sx, (d - y0) * sy) for a, b, c, d in boxes]
+
+
+class _Rate(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.1f} img/s" if task.speed else "")
+
+
+def progress_bar(console: Console, label: str, quiet: bool) -> Progress:
+    """done/total, images/s and time left on a terminal's stderr; nothing when quiet or piped."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
+    )
+
+
+class Command(Protocol):
+    """What ``explain`` and ``evaluate`` each add to a run."""
+
+    out: Path
+
+    def run(self, shard: Shard | None, device: torch.device, quiet: bool) -> int:
+        """This process's images (all, or a shard's, then into part files); returns the exit code."""
+        ...
+
+    def merge(self, folders: list[Path], destination: Path, quiet: bool) -> int:
+        """Combine the finished shards' part files into the outputs one process writes."""
+        ...
+
+
+def run_command(command: Command, shard: Shard | None, device: str, quiet: bool) -> int:
+    """One process, a hand-made shard, or under torchrun one shard per rank merged by rank 0."""
+    ranked = torchrun_rank()
+    if ranked is None:
+        resolved = resolve_device(device)
+        return command.run(shard, resolved, quiet)
+    if shard is not None:
+        raise ParameterError(
+            "shard", "splits a run by hand; under torchrun every rank takes its shard itself"
+        )
+    rank, world, local_rank = ranked
+    resolved = rank_device(resolve_device(device), local_rank)
+    with process_group(resolved):
+        code = command.run(Shard(rank, world), resolved, quiet or rank > 0)
+        dist.barrier()  # every rank's part files are complete
+        if rank == 0:
+            code = command.merge([command.out], command.out, quiet)
+        dist.barrier()
+    return code
