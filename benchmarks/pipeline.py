@@ -143,6 +143,7 @@ def stages(
     from vitcam_cli.outputs.atomic import write_atomic
     from vitcam_cli.outputs.manifest import Manifest
     from vitcam_cli.outputs.overlay import encode_overlay, render_overlay, view_in
+    from vitcam_cli.outputs.rows import Row
     from vitcam_cli.preprocessing import Preprocessing, resize_pixels
 
     loaded = load_model(model, pretrained=False)
@@ -185,7 +186,7 @@ def stages(
             data = encode_overlay(overlay, overlay_args["format"])
             add("writing (temporary file, rename)",
                 lambda d=data: write_atomic(Path(scratch) / "o.jpg", lambda h: h.write(d)))  # fmt: skip
-            row = {"path": str(file), "status": "ok", "overlay": "overlays/o.jpg", "probability": 0.5}
+            row = Row(path=str(file), overlay="overlays/o.jpg", probability=0.5)
             add("rows (results.jsonl)", lambda r=row: manifest.write([r]))
         manifest.close()
     torch.set_num_threads(threads)

@@ -126,6 +126,8 @@ def test_full_disk_is_one_clear_error_and_keeps_what_was_written(tiny_model, man
     assert stderr.count("\n") == 1 and "No space left on device" in stderr and "--skip-existing" in stderr
     assert 0 < len(rows_of(out)) < 60
     assert_outputs_whole(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and "No space left on device" in summary["error"]
     monkeypatch.setattr(pipeline, "write_atomic", real)
     code, _, stderr = explain(tiny_model, str(many), "-o", str(out), "--skip-existing")
     assert code == 0, stderr

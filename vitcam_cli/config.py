@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from vitcam_cli.errors import VitcamError
+from vitcam_cli.errors import VitcamError, literal
 
 
 def _option_keys(command: Any) -> dict[str, tuple[str, bool]]:
@@ -32,21 +32,27 @@ def _option_keys(command: Any) -> dict[str, tuple[str, bool]]:
 
 def load_config(path: Path, command: Any, command_name: str) -> dict[str, Any]:
     """Read ``path`` into a ``default_map`` for the click ``command``; unknown keys are an error."""
+    where = f"--config {literal(path)}"
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
     except OSError as error:
-        raise VitcamError(f"--config {path}: cannot read it ({error.strerror})") from error
+        raise VitcamError(f"{where}: cannot read it ({error.strerror})") from error
+    except UnicodeDecodeError as error:
+        raise VitcamError(
+            f"{where}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+            "save it as UTF-8"
+        ) from error
     except tomllib.TOMLDecodeError as error:
-        raise VitcamError(f"--config {path}: not valid TOML ({error})") from error
+        raise VitcamError(f"{where}: not valid TOML ({literal(error)})") from error
     section = data.get(command_name, {})
     flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
     if not isinstance(section, dict):
-        raise VitcamError(f"--config {path}: [{command_name}] must be a table")
+        raise VitcamError(f"{where}: [{command_name}] must be a table")
     keys = _option_keys(command)
     defaults: dict[str, Any] = {}
     for key, value in (flat | section).items():
         if key not in keys:
-            raise VitcamError(f"--config {path}: unknown option {key!r} for vitcam {command_name}")
+            raise VitcamError(f"{where}: unknown option {literal(repr(key))} for vitcam {command_name}")
         name, negated = keys[key]
         defaults[name] = (not value) if negated else value
     return defaults

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import sys
 import warnings
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 
 from vitcam_cli.defaults import DEFAULT_OVERLAY_SIDE
-from vitcam_cli.errors import ParameterError, VitcamError
+from vitcam_cli.errors import ParameterError, VitcamError, literal
 from vitcam_cli.preprocessing import Preprocessing, Size, resize_pixels
 from vitcam_cli.turns import Turns
 
@@ -40,10 +41,24 @@ class ImageItem:
     key: PurePosixPath
 
 
+def absolute(path: Path) -> Path:
+    """``path`` made absolute without following symbolic links (``..`` removed by name)."""
+    return Path(os.path.abspath(path))
+
+
+def resolved(path: Path) -> Path:
+    """The file ``path`` names, links followed; a link that cannot be followed (a loop) as it is."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return absolute(path)
+
+
 def _scan(root: Path, skip: set[Path]) -> Iterable[Path]:
-    """Image files under ``root``, never inside the (resolved) folders of ``skip``."""
+    """Image files under ``root`` (linked files included, whatever they point at; linked folders not
+    entered), never inside the (resolved) folders of ``skip``."""
     for directory, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(name for name in subdirs if (Path(directory) / name).resolve() not in skip)
+        subdirs[:] = sorted(name for name in subdirs if resolved(Path(directory) / name) not in skip)
         for name in files:
             if name.lower().endswith(IMAGE_EXTENSIONS):
                 yield Path(directory) / name
@@ -77,35 +92,37 @@ def discover(
 
     Output keys mirror each image's path relative to the common parent of the inputs, so that two
     folders with the same file names never collide; an image whose stem is shared with a sibling
-    (``a.jpg`` and ``a.png``) keeps its extension in the key.
+    (``a.jpg`` and ``a.png``) keeps its extension in the key. Paths are taken as named, symbolic links
+    not followed: a linked image is keyed by its link, wherever it points, so its outputs stay inside
+    the output folder; a link that leads nowhere (dangling, a loop) becomes an error row when decoded.
     """
     found: dict[Path, Path] = {}
     roots: list[Path] = []
-    outputs = {folder.resolve() for folder in skip}
+    outputs = {resolved(folder) for folder in skip}
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            roots.append(path.resolve())
+            roots.append(absolute(path))
             for file in _scan(path, outputs):
-                found.setdefault(file.resolve(), file)
+                found.setdefault(absolute(file), file)
         elif path.is_file():
-            roots.append(path.resolve().parent)
-            found.setdefault(path.resolve(), path)
+            roots.append(absolute(path).parent)
+            found.setdefault(absolute(path), path)
         else:
             raise VitcamError(f"input {raw}: no such file or folder")
     for path in listed:
-        roots.append(path.resolve().parent)
-        found.setdefault(path.resolve(), path)
+        roots.append(absolute(path).parent)
+        found.setdefault(absolute(path), path)
     if not found:
         return []
     base = Path(os.path.commonpath([str(root) for root in roots]))
-    relative = {resolved: PurePosixPath(resolved.relative_to(base).as_posix()) for resolved in found}
+    relative = {named: PurePosixPath(named.relative_to(base).as_posix()) for named in found}
     stems: dict[PurePosixPath, int] = {}
     for rel in relative.values():
         stems[rel.with_suffix("")] = stems.get(rel.with_suffix(""), 0) + 1
     items = [
-        ImageItem(found[resolved], rel, rel if stems[rel.with_suffix("")] > 1 else rel.with_suffix(""))
-        for resolved, rel in relative.items()
+        ImageItem(found[named], rel, rel if stems[rel.with_suffix("")] > 1 else rel.with_suffix(""))
+        for named, rel in relative.items()
     ]
     return sorted(items, key=lambda item: str(item.key))
 
@@ -373,16 +390,22 @@ class ItemMatcher:
         for item in items:
             self.by_key[item.path.as_posix()] = item.path
             self.by_key[str(item.rel)] = item.path
-            self.by_key[str(item.path.resolve())] = item.path
+            self.by_key[str(absolute(item.path))] = item.path
+            self.by_key.setdefault(str(resolved(item.path)), item.path)
             names.setdefault(item.path.name, []).append(item.path)
         for name, paths in names.items():
             if len(paths) == 1:
                 self.by_key.setdefault(name, paths[0])
-        self.folder = csv_path.resolve().parent
+        self.folder = absolute(csv_path).parent
 
     def __call__(self, cell: str) -> Path | None:
         cell = cell.replace("\\", "/")
-        return self.by_key.get(cell) or self.by_key.get(str((self.folder / cell).resolve()))
+        beside_csv = self.folder / cell
+        return (
+            self.by_key.get(cell)
+            or self.by_key.get(str(absolute(beside_csv)))
+            or self.by_key.get(str(resolved(beside_csv)))
+        )
 
 
 def read_labels(
@@ -390,29 +413,69 @@ def read_labels(
 ) -> dict[Path, int | str]:
     """Each item's class from a ``file,label`` CSV; an item without a row maps to an error text.
 
-    ``label`` is a class index or name (``resolve`` decides); see ``ItemMatcher`` for ``file``.
+    ``label`` is a class index or name (``resolve`` decides); see ``ItemMatcher`` for ``file``. A file
+    given two different labels is an error naming both lines; a repeated identical row is harmless.
     """
     match = ItemMatcher(items, path)
     found: dict[Path, int] = {}
+    first_line: dict[Path, int] = {}
     for line, row in _read_csv(path, ("file", "label"), "labels"):
         item = match(row["file"])
         if item is None:
             continue
         try:
-            found[item] = resolve(row["label"])
+            label = resolve(row["label"])
         except VitcamError as error:
             raise ParameterError("labels", f"line {line}: {error.template}", path) from error
+        if item in found and found[item] != label:
+            raise ParameterError(
+                "labels",
+                f"lines {first_line[item]} and {line} give {literal(row['file'])} two different labels "
+                f"({found[item]} and {label}); keep one",
+                path,
+            )
+        found[item] = label
+        first_line.setdefault(item, line)
     return {item.path: found.get(item.path, f"no label for this file in {path}") for item in items}
 
 
 Box = tuple[float, float, float, float]
 
 
-def read_boxes(path: Path, items: Sequence[ImageItem]) -> dict[Path, list[Box]]:
+@dataclass(frozen=True)
+class GroundTruthBox:
+    """A box of a boxes file: original-image pixels (x2, y2 exclusive) and the line it came from."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    line: int = 0
+
+    def clipped(self, width: int, height: int) -> Box | None:
+        """The part of the box inside a ``width`` x ``height`` image; None when nothing is left."""
+        x1, y1 = max(self.x1, 0.0), max(self.y1, 0.0)
+        x2, y2 = min(self.x2, float(width)), min(self.y2, float(height))
+        return (x1, y1, x2, y2) if x1 < x2 and y1 < y2 else None
+
+
+def image_boxes(boxes: Sequence[GroundTruthBox], size: Size) -> list[Box] | str:
+    """An image's boxes clipped to it, or why they cannot be used (one lies wholly outside)."""
+    clipped = []
+    for box in boxes:
+        inside = box.clipped(*size)
+        if inside is None:
+            where = f"{size[0]}x{size[1]}"
+            return f"the box on line {box.line} of the boxes file lies outside the image ({where})"
+        clipped.append(inside)
+    return clipped
+
+
+def read_boxes(path: Path, items: Sequence[ImageItem]) -> dict[Path, list[GroundTruthBox]]:
     """Ground-truth boxes from a ``file,x1,y1,x2,y2`` CSV (original-image pixels, x2/y2 exclusive);
-    several rows per file allowed. Images without rows get no boxes."""
+    several rows per file allowed. Images without rows get no boxes (and no localisation metrics)."""
     match = ItemMatcher(items, path)
-    boxes: dict[Path, list[Box]] = {item.path: [] for item in items}
+    boxes: dict[Path, list[GroundTruthBox]] = {item.path: [] for item in items}
     for line, row in _read_csv(path, ("file", "x1", "y1", "x2", "y2"), "boxes"):
         item = match(row["file"])
         if item is None:
@@ -421,9 +484,11 @@ def read_boxes(path: Path, items: Sequence[ImageItem]) -> dict[Path, list[Box]]:
             x1, y1, x2, y2 = (float(row[key]) for key in ("x1", "y1", "x2", "y2"))
         except ValueError as error:
             raise ParameterError("boxes", f"line {line}: coordinates must be numbers", path) from error
+        if not all(math.isfinite(value) for value in (x1, y1, x2, y2)):
+            raise ParameterError("boxes", f"line {line}: coordinates must be finite (no nan or inf)", path)
         if x2 <= x1 or y2 <= y1:
             raise ParameterError("boxes", f"line {line}: needs x1 < x2 and y1 < y2", path)
-        boxes[item].append((x1, y1, x2, y2))
+        boxes[item].append(GroundTruthBox(x1, y1, x2, y2, line))
     return boxes
 
 
@@ -443,18 +508,18 @@ def folder_labels(
     if not items or any(len(item.rel.parts) < 2 for item in items):
         return None
     folders = sorted({item.rel.parts[0] for item in items})
-    resolved: dict[str, int] = {}
+    by_folder: dict[str, int] = {}
     for folder in folders:
         try:
-            resolved[folder] = resolve((class_map or {}).get(folder, folder))
+            by_folder[folder] = resolve((class_map or {}).get(folder, folder))
         except VitcamError:
             continue
-    if not resolved:
+    if not by_folder:
         return None
-    missing = [folder for folder in folders if folder not in resolved]
+    missing = [folder for folder in folders if folder not in by_folder]
     if missing:
         raise VitcamError(
             f"ImageFolder sub-folders {', '.join(missing[:5])} match none of the model's class names: "
             "map them with {class_map} FILE.csv (folder,class) or pass {labels}"
         )
-    return {item.path: resolved[item.rel.parts[0]] for item in items}
+    return {item.path: by_folder[item.rel.parts[0]] for item in items}

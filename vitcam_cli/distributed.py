@@ -7,6 +7,7 @@ combines them once all shards have finished.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -76,6 +77,24 @@ def rank_device(device: torch.device, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank) if device.type == "cuda" else device
 
 
+def input_record(items: Sequence[Any]) -> dict[str, Any]:
+    """What a run was given, for checking that every shard saw the same: the count of inputs and a
+    SHA-256 of their sorted relative paths."""
+    names = "\n".join(sorted(str(item.rel) for item in items))
+    return {"count": len(items), "sha256": hashlib.sha256(names.encode()).hexdigest()}
+
+
+def _check_inputs(index: int, count: int, inputs: Any, first: Any) -> None:
+    if inputs == first:
+        return
+    given = "an unrecorded input list" if not inputs else f"{inputs['count']} inputs"
+    expected = "an unrecorded one" if not first else f"{first['count']}"
+    raise VitcamError(
+        f"shard {index}/{count} was given other inputs than shard 0 ({given}, shard 0 {expected}; images "
+        "added or removed between the shards, or other folders): rerun every shard on the same inputs"
+    )
+
+
 def collect_shards(
     folders: Sequence[Path], stem: str, run_settings: Callable[[dict[str, Any]], dict[str, Any]]
 ) -> list[tuple[Path, dict[str, Any]]]:
@@ -111,6 +130,7 @@ def collect_shards(
             raise VitcamError(
                 f"shard {index}/{count} in {folder} is {data.get('status')}: rerun it with {{skip_existing}}"
             )
+        _check_inputs(index, count, data.get("inputs"), shards[0][1].get("inputs"))
         settings = run_settings(data)
         different = ", ".join(key for key in reference if settings.get(key) != reference[key])
         if different:

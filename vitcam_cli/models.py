@@ -142,7 +142,13 @@ def _load_checkpoint(model: nn.Module, checkpoint: Path) -> None:
     filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:  # a tensor of another shape
+        first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), "")
+        raise ParameterError(
+            "checkpoint", f"does not match the model architecture ({literal(first)})", checkpoint
+        ) from error
     if missing or unexpected:
         detail = "; ".join(
             part
@@ -176,6 +182,27 @@ def _create(spec: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
         raise ParameterError("model", f"cannot build it ({literal(reason)})", spec) from error
 
 
+MAX_PATCHES_PER_SIDE = 64  # the engine runs one masked copy of the whole token grid per patch
+
+
+def _check_img_size(spec: str, img_size: tuple[int, int]) -> None:
+    """Refuse an input size with no whole patch, or too many to explain, before building the model."""
+    try:
+        with torch.device("meta"):  # the architecture alone: no memory, no weights
+            patch = timm.create_model(resolve_model_name(spec), pretrained=False).patch_embed.patch_size
+    except Exception:  # the real build below reports what is wrong with the model
+        return
+    low = (int(patch[0]), int(patch[1]))
+    high = (low[0] * MAX_PATCHES_PER_SIDE, low[1] * MAX_PATCHES_PER_SIDE)
+    if not all(a <= side <= b for side, a, b in zip(img_size, low, high, strict=True)):
+        raise ParameterError(
+            "img_size",
+            f"each side must be between one patch ({low[0]}x{low[1]} pixels) and {MAX_PATCHES_PER_SIDE} "
+            f"patches ({high[0]}x{high[1]})",
+            "x".join(map(str, img_size)),
+        )
+
+
 def load_model(
     spec: str,
     *,
@@ -187,6 +214,10 @@ def load_model(
 ) -> LoadedModel:
     """Create the model, load its weights, check it is a supported ViT, and build its preprocessing."""
     load_pretrained = pretrained and checkpoint is None
+    if num_classes is not None and num_classes < 1:
+        raise ParameterError("num_classes", "must be at least 1", num_classes)
+    if img_size is not None:
+        _check_img_size(spec, img_size)
     kwargs: dict[str, Any] = {"num_classes": num_classes, "img_size": img_size}
     model = _create(spec, load_pretrained, {key: value for key, value in kwargs.items() if value is not None})
     token_layout(model)  # refuse an unsupported model before reading any weights

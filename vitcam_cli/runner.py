@@ -29,13 +29,24 @@ from rich.progress import (
 from rich.text import Text
 from torch import Tensor
 
-from vitcam_cli.data import Batch, Box, DecodePlan, ImageFiles, ImageItem, default_workers, make_loader
+from vitcam_cli.data import (
+    Batch,
+    Box,
+    DecodePlan,
+    GroundTruthBox,
+    ImageFiles,
+    ImageItem,
+    default_workers,
+    image_boxes,
+    make_loader,
+)
 from vitcam_cli.distributed import Shard, process_group, rank_device, torchrun_rank
 from vitcam_cli.errors import ParameterError
 from vitcam_cli.methods.base import ClassChooser, Explanation, SaliencyMethod
 from vitcam_cli.metrics.localization import boxes_mask
 from vitcam_cli.metrics.measure import MetricSettings, measure
 from vitcam_cli.models import LoadedModel
+from vitcam_cli.outputs.lock import OutputLock
 from vitcam_cli.outputs.overlay import view_in
 from vitcam_cli.outputs.results import ImageResult, MethodOutput, Sink
 from vitcam_cli.preprocessing import Preprocessing, Size, View
@@ -105,7 +116,7 @@ class BatchRun:
     device: torch.device
     metrics: MetricSettings = field(default_factory=MetricSettings)
     overlay_side: int | None = 768  # of the copies overlays are drawn on; None: the original size
-    boxes: dict[Path, list[Box]] | None = None  # ground truth for the localisation metrics
+    boxes: dict[Path, list[GroundTruthBox]] | None = None  # ground truth for the localisation metrics
     clock: MethodClock = field(default_factory=MethodClock)
     turns: Turns = field(default_factory=lambda: Turns(enabled=False))  # shared with the sinks' threads
 
@@ -133,7 +144,7 @@ class BatchRun:
         items = [self.items[index] for index in batch.indices]
         views = [preprocessing.view(size) for size in batch.sizes]
         images = preprocessing.finish(batch.images.to(self.device, non_blocking=True))
-        inside = self._inside_boxes(items, views, batch.sizes)
+        inside, box_problems = self._inside_boxes(items, views, batch.sizes)
         choose = self.targets(items)
         with self.turns.engine(), torch.inference_mode(), autocast(self.settings.precision, self.device):
             outputs = {
@@ -142,7 +153,8 @@ class BatchRun:
             }
         results: dict[int, ImageResult | str] = {}
         for position, (index, item) in enumerate(zip(batch.indices, items, strict=True)):
-            problem = next((p for p in (o[1][position] for o in outputs.values()) if p), None)
+            problems = [box_problems[position], *(output[1][position] for output in outputs.values())]
+            problem = next((p for p in problems if p), None)
             if problem:
                 results[index] = problem
                 continue
@@ -155,15 +167,19 @@ class BatchRun:
 
     def _inside_boxes(
         self, items: list[ImageItem], views: list[View | None], sizes: list[Size]
-    ) -> Tensor | None:
+    ) -> tuple[Tensor | None, list[str | None]]:
+        """The pixels inside each image's boxes (clipped to the image), and per image why its boxes
+        cannot be used (None when they can)."""
         if self.boxes is None:
-            return None
+            return None, [None] * len(items)
         input_size = (int(self.loaded.input_size[1]), int(self.loaded.input_size[2]))
-        moved = [
-            input_boxes(self.boxes[item.path], view, input_size, *size)
-            for item, view, size in zip(items, views, sizes, strict=True)
-        ]
-        return boxes_mask(moved, input_size, self.device)
+        moved, problems = [], []
+        for item, view, size in zip(items, views, sizes, strict=True):
+            clipped = image_boxes(self.boxes[item.path], size)
+            problems.append(clipped if isinstance(clipped, str) else None)
+            boxes = [] if isinstance(clipped, str) else clipped
+            moved.append(input_boxes(boxes, view, input_size, *size))
+        return boxes_mask(moved, input_size, self.device), problems
 
     def _run_method(
         self, name: str, method: SaliencyMethod, images: Tensor, choose: ClassChooser, inside: Tensor | None
@@ -242,14 +258,15 @@ def run_command(command: Command, shard: Shard | None, device: str, quiet: bool)
     ranked = torchrun_rank()
     if ranked is None:
         resolved = resolve_device(device)
-        return command.run(shard, resolved, quiet)
+        with OutputLock(command.out, shard):
+            return command.run(shard, resolved, quiet)
     if shard is not None:
         raise ParameterError(
             "shard", "splits a run by hand; under torchrun every rank takes its shard itself"
         )
     rank, world, local_rank = ranked
     resolved = rank_device(resolve_device(device), local_rank)
-    with process_group(resolved):
+    with process_group(resolved), OutputLock(command.out, Shard(rank, world)):
         code = command.run(Shard(rank, world), resolved, quiet or rank > 0)
         dist.barrier()  # every rank's part files are complete
         if rank == 0:

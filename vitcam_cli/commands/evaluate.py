@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vitcam_cli.data import (
-    Box,
+    GroundTruthBox,
     ImageItem,
     discover,
     folder_labels,
@@ -36,7 +36,7 @@ from vitcam_cli.data import (
     read_labels,
 )
 from vitcam_cli.defaults import DELETION_BASELINES, EVALUATE_BATCH, GATE_METRICS, TARGETS
-from vitcam_cli.distributed import Shard, collect_shards
+from vitcam_cli.distributed import Shard, collect_shards, input_record
 from vitcam_cli.errors import ParameterError, VitcamError, render
 from vitcam_cli.methods.base import ClassChooser
 from vitcam_cli.methods.factory import canonical_name, create_method
@@ -56,7 +56,7 @@ from vitcam_cli.outputs.report import (
     thumbnail,
     write_report,
 )
-from vitcam_cli.outputs.results import ImageResult
+from vitcam_cli.outputs.results import ImageResult, MethodOutput
 from vitcam_cli.outputs.rows import EVALUATE_COLUMNS, Row
 from vitcam_cli.runner import EXIT_OK, EXIT_SOME_FAILED, BatchRun, MethodClock, RunSettings, progress_bar
 from vitcam_cli.runtime import check_precision, library_versions
@@ -148,23 +148,39 @@ def _chooser(
 class MetricTotals:
     """Sums of every method's per-image metrics, and the counts and accuracy of the run."""
 
-    def __init__(self, names: list[str], truth_of: dict[Path, int | str] | None, images: int) -> None:
+    def __init__(
+        self,
+        names: list[str],
+        truth_of: dict[Path, int | str] | None,
+        images: int,
+        boxes: dict[Path, list[GroundTruthBox]] | None = None,
+    ) -> None:
         self.names = names
         self.truth_of = truth_of
+        self.boxes = boxes
         self.totals = {name: Totals() for name in names}
         self.counts = {"images": images, "evaluated": 0, "failed": 0, "labelled": 0, "correct": 0}
+        if boxes is not None:  # left out of the localisation metrics
+            self.counts["without_boxes"] = 0
 
     def failed(self, item: ImageItem, message: str) -> None:
         self.counts["failed"] += 1
 
     def explained(self, image: ImageResult) -> None:
         self.counts["evaluated"] += 1
+        if self.boxes is not None and not self.boxes.get(image.item.path):
+            self.counts["without_boxes"] += 1
         for name, output in image.methods.items():
             self.totals[name].add({metric: torch.tensor(values) for metric, values in output.values.items()})
         truth = self.truth_of.get(image.item.path) if self.truth_of is not None else None
         if truth is not None:
             self.counts["labelled"] += 1
             self.counts["correct"] += int(image.methods[self.names[0]].predicted == truth)
+
+
+def first_values(output: MethodOutput) -> dict[str, float]:
+    """The metrics of the first explained class that apply to the image (NaN: no boxes)."""
+    return {metric: values[0] for metric, values in output.values.items() if not math.isnan(values[0])}
 
 
 def _overlay(image: ImageResult, name: str, overlay: OverlaySettings) -> np.ndarray:
@@ -204,7 +220,7 @@ class PerImageRows:
                 class_name=self.class_names[class_index],
                 probability=output.probabilities[0],
                 overlay=self._save(image, name) if self.options.save_overlays else None,
-                metrics={metric: values[0] for metric, values in output.values.items()},
+                metrics=first_values(output),
             )
             self.writer.writerow(row.evaluate_cells())
 
@@ -248,7 +264,7 @@ class EvaluationGallery:
                     link=link,
                     class_name=self.class_names[output.classes[0]],
                     probability=output.probabilities[0],
-                    metrics={metric: values[0] for metric, values in output.values.items()},
+                    metrics=first_values(output),
                 )
             )
         truth = self.truth_of.get(image.item.path)
@@ -268,6 +284,8 @@ class Part:
     cards: list[Card]
     offered: int
     wall_seconds: float
+    inputs: dict[str, Any] | None = None  # every shard's inputs (count, digest): all must be the same
+    from_shards: bool = False  # read back from a shard's part files (its rows are in a part file too)
 
 
 # run-defining fields every shard of one evaluation must share
@@ -313,11 +331,12 @@ class Evaluate:
             raise VitcamError(
                 "{target} label needs ground truth: pass {labels} FILE.csv or an ImageFolder tree"
             )
+        inputs = input_record(items)
         items = shard.take(items) if shard is not None else items
         boxes = read_boxes(options.boxes, items) if options.boxes else None
         ensure_writable(options.out)
         run = self._batch_run(items, loaded, names, truth_of, boxes, device)
-        totals = MetricTotals(names, truth_of, len(items))
+        totals = MetricTotals(names, truth_of, len(items), boxes)
         gallery = EvaluationGallery(options, loaded, truth_of)
         suffix = shard.suffix if shard else ""
         progress = progress_bar(Console(stderr=True, quiet=quiet), "evaluating", quiet)
@@ -340,6 +359,7 @@ class Evaluate:
             cards=gallery.gallery.cards(),
             offered=gallery.gallery.offered,
             wall_seconds=time.perf_counter() - started,
+            inputs=inputs,
         )
 
     def _batch_run(
@@ -348,7 +368,7 @@ class Evaluate:
         loaded: LoadedModel,
         names: list[str],
         truth_of: dict[Path, int | str] | None,
-        boxes: dict[Path, list[Box]] | None,
+        boxes: dict[Path, list[GroundTruthBox]] | None,
         device: torch.device,
     ) -> BatchRun:
         options = self.options
@@ -426,7 +446,8 @@ def read_parts(folders: list[Path]) -> list[tuple[Path, Part]]:
     for folder, data in shards:
         part = Part(
             header=data["header"], names=data["names"], seconds=data["seconds"], counts=data["counts"],
-            offered=data["offered"], wall_seconds=data["wall_seconds"],
+            offered=data["offered"], wall_seconds=data["wall_seconds"], inputs=data.get("inputs"),
+            from_shards=True,
             totals={name: Totals.from_state(state) for name, state in data["totals"].items()},
             cards=[card_from_dict(card) for card in data["cards"]],
         )  # fmt: skip
@@ -472,7 +493,7 @@ def _metrics(parts: list[Part]) -> dict[str, Any]:
 def finish(out: Path, parts: list[Part], as_json: bool, markdown: bool, quiet: bool, stdout: TextIO) -> int:
     """Write metrics.json and report.html (and, for shards, per_image.csv) and print the comparison."""
     names = parts[0].names
-    if len(parts) > 1:
+    if parts[0].from_shards:
         _merge_rows(out, len(parts))
     metrics = _metrics(parts)
     draws = parts[0].header.get("bootstrap", 0)
@@ -515,11 +536,12 @@ def _intervals(
     per_image: Path, names: list[str], draws: int, seed: int
 ) -> dict[str, dict[str, tuple[float, float]]]:
     """95% bootstrap intervals of each method's metrics, from its per-image values in per_image.csv."""
+    rows = [row for row in _read_rows(per_image) if row.ok and row.method in names]
+    present = {name: {m for row in rows if row.method == name for m in row.metrics} for name in names}
     columns: dict[str, dict[str, list[float]]] = {name: {} for name in names}
-    for row in _read_rows(per_image):
-        if row.ok and row.method in columns:
-            for metric, value in row.metrics.items():
-                columns[row.method].setdefault(metric, []).append(value)
+    for row in rows:
+        for metric in present[row.method]:  # NaN where the metric does not apply to the image
+            columns[row.method].setdefault(metric, []).append(row.metrics.get(metric, math.nan))
     return {
         name: bootstrap_intervals({k: np.array(v) for k, v in values.items()}, draws, seed)
         for name, values in columns.items()

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from vitcam_cli.data import IMAGE_EXTENSIONS, ImageItem, discover, output_folders, read_labels, read_path_list
 from vitcam_cli.defaults import DEFAULT_PRESET, EXPLAIN_BATCH, PRESET_NAMES
-from vitcam_cli.distributed import Shard
+from vitcam_cli.distributed import Shard, input_record
 from vitcam_cli.errors import ParameterError, VitcamError
 from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM, describe
 from vitcam_cli.metrics.adcc import ADCC_DEFINITION
@@ -48,7 +48,7 @@ from vitcam_cli.targets import TargetRequest
 from vitcam_cli.turns import Turns
 
 # settings that change what is written: resuming into a folder written with others is refused
-RESUME_KEYS = ("model", "method", "targets", "colormap", "alpha", "overlays")
+RESUME_KEYS = ("model", "method", "targets", "colormap", "alpha", "overlays", "adcc")
 
 
 @dataclass
@@ -176,7 +176,8 @@ class Explain:
         options = self.options
         options.check()
         check_precision(options.run.precision, device)
-        items = self._items(shard)
+        every = self._items()
+        items = shard.take(every) if shard else every
         loaded = options.model.load(device)
         request = target_request(options, loaded)
         labels = read_labels(options.labels, items, loaded.resolve_class) if options.labels else {}
@@ -204,6 +205,7 @@ class Explain:
             "precision": options.run.precision,
             "out": str(options.out),
             "shard": f"{shard.index}/{shard.count}" if shard else None,
+            "inputs": input_record(every),
         }
         write_json_atomic(options.out / f"summary{part}.json", summary)
         manifest = Manifest(options.out, options.skip_existing, options.save_maps, part, options.overlays)
@@ -222,7 +224,13 @@ class Explain:
         writer = ExplainWriter(
             options.out, manifest, self._emit, self._outputs(), options.variant, loaded.class_names, run.turns
         )
-        status = self._stream(run, writer, manifest, todo, labels, quiet)
+        try:
+            status = self._stream(run, writer, manifest, todo, labels, quiet)
+        except VitcamError as error:  # the folder says why the run stopped (if it still can)
+            summary.update(status="failed", error=str(error))
+            with contextlib.suppress(OSError):
+                write_json_atomic(options.out / f"summary{part}.json", summary)
+            raise
         counts: Counts = manifest.finish(csv_too=shard is None)
         elapsed = time.perf_counter() - started
         summary.update(
@@ -248,15 +256,15 @@ class Explain:
             return EXIT_INTERRUPTED
         return EXIT_SOME_FAILED if counts.images_error else EXIT_OK
 
-    def _items(self, shard: Shard | None) -> list[ImageItem]:
-        """The inputs (never the run's own outputs), this shard's when sharded."""
+    def _items(self) -> list[ImageItem]:
+        """The inputs (never the run's own outputs), all of them: a shard takes its share."""
         options = self.options
         listed = read_path_list(options.files_from, self.stdin) if options.files_from else []
         items = discover(options.inputs, listed, skip=output_folders(options.out))
         if not items:
             where = ", ".join(options.inputs) or options.files_from
             raise VitcamError(f"no images found in {where} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        return shard.take(items) if shard else items
+        return items
 
     def _settings(self, loaded: LoadedModel, request: TargetRequest, explainer: ReciproCAM) -> dict[str, Any]:
         """What summary.json records of the run: resuming and merging compare these."""
@@ -271,6 +279,7 @@ class Explain:
             "alpha": options.overlay.alpha,
             "overlays": overlays if options.overlays else None,
             "save_maps": options.save_maps,
+            "adcc": options.adcc,
             "batch_size": options.run.batch_size,
             "mask_batch": options.run.mask_batch or "auto",
         }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -20,13 +23,19 @@ class Totals:
         self.counts: dict[str, int] = {}
 
     def add(self, values: dict[str, Tensor | float | None]) -> None:
+        """Add per-image values; None and NaN mean "does not apply" (an image without boxes)."""
         for name, value in values.items():
             if value is None:
                 continue
             if isinstance(value, Tensor):
-                total, count = float(value.double().sum()), value.numel()
+                present = value.double()[~value.isnan()]
+                total, count = float(present.sum()), present.numel()
+            elif math.isnan(value):
+                continue
             else:
                 total, count = float(value), 1
+            if not count:
+                continue
             self.sums[name] = self.sums.get(name, 0.0) + total
             self.counts[name] = self.counts.get(name, 0) + count
 
@@ -62,20 +71,23 @@ def bootstrap_intervals(
     """Percentile bootstrap intervals of every dataset metric, resampling images with replacement.
 
     ``values`` holds one array per metric with one value per image, all in the same image order (the
-    ``adcc`` array holds the per-image ADCC). Each draw recomputes the metrics exactly as ``Totals``
-    does, including ``adcc`` as the combination of the resampled averaged parts.
+    ``adcc`` array holds the per-image ADCC; NaN where a metric does not apply to an image). Each draw
+    recomputes the metrics exactly as ``Totals`` does, including ``adcc`` as the combination of the
+    resampled averaged parts.
     """
     count = len(next(iter(values.values())))
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, count, size=(draws, count))
-    means = {name: array[picks].mean(axis=1) for name, array in values.items()}
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a draw of images that all lack the metric
+        means = {name: np.nanmean(array[picks], axis=1) for name, array in values.items()}
     if "adcc" in means:
         means["adcc_mean"] = means["adcc"]
         parts = (torch.from_numpy(means[name]) for name in ("average_drop", "coherency", "complexity"))
         means["adcc"] = adcc(*parts).numpy()
     low, high = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     return {
-        name: (float(np.percentile(means[name], low)), float(np.percentile(means[name], high)))
+        name: (float(np.nanpercentile(means[name], low)), float(np.nanpercentile(means[name], high)))
         for name in METRICS
         if name in means
     }

@@ -13,7 +13,7 @@ from typing import Any
 from vitcam_cli.metrics.adcc import PARTS
 from vitcam_cli.metrics.aggregate import Totals
 from vitcam_cli.outputs.atomic import write_atomic
-from vitcam_cli.outputs.rows import EXPLAIN_COLUMNS, Row
+from vitcam_cli.outputs.rows import EXPLAIN_COLUMNS, Row, csv_cell
 
 
 def read_rows(path: Path) -> Iterator[Row]:
@@ -124,7 +124,7 @@ def write_results_csv(path: Path, rows: Iterable[Row]) -> Counts:
         writer = csv.DictWriter(text, fieldnames=EXPLAIN_COLUMNS)
         writer.writeheader()
         for row in tally(rows, counts):
-            writer.writerow({key: "" if value is None else value for key, value in row.record().items()})
+            writer.writerow({key: csv_cell(value) for key, value in row.record().items()})
         text.flush()
         text.detach()
 

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from vitcam_cli.distributed import collect_shards
+from vitcam_cli.errors import VitcamError
 from vitcam_cli.metrics.adcc import PARTS
 from vitcam_cli.outputs.atomic import write_atomic, write_json_atomic
 from vitcam_cli.outputs.manifest import Counts, jsonl, read_rows, write_results_csv
@@ -25,7 +26,7 @@ from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail
 from vitcam_cli.outputs.rows import Row
 
 # settings every shard of one run must share
-SHARED_SETTINGS = ("model", "method", "targets", "colormap", "alpha", "save_maps")
+SHARED_SETTINGS = ("model", "method", "targets", "colormap", "alpha", "save_maps", "overlays", "adcc")
 
 
 def find_shards(folders: Sequence[Path]) -> list[tuple[Path, dict[str, Any]]]:
@@ -55,9 +56,17 @@ def merge_shards(
     shards = find_shards(folders)
     count = len(shards)
     rows = []
-    for index, (folder, _) in enumerate(shards):
+    for index, (folder, summary) in enumerate(shards):
         part = folder / f"results.shard-{index}-of-{count}.jsonl"
-        rows += [_rebased(row, folder, destination) for row in read_rows(part)]
+        found = [_rebased(row, folder, destination) for row in read_rows(part)]
+        if len(found) != summary.get("rows", len(found)):
+            raise VitcamError(
+                f"shard {index}/{count}: {part} holds {len(found)} whole rows but the shard's summary "
+                f"counted {summary['rows']} (a torn or edited file): rerun that shard with {{shard}} "
+                f"{index}/{count} "
+                "{skip_existing}, then merge again"
+            )
+        rows += found
     rows.sort(key=lambda row: row.path)  # stable: an image's classes keep their order
     destination.mkdir(parents=True, exist_ok=True)
     text = jsonl(rows)

@@ -24,6 +24,24 @@ EVALUATE_COLUMNS = (
 )  # fmt: skip
 
 
+# a text cell starting with one of these is a formula to a spreadsheet: it gets a leading ' (OWASP's advice)
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A value as a CSV cell: text a spreadsheet would run as a formula is prefixed with ``'``."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return "" if value is None else value
+
+
+def _from_cell(value: object) -> object:
+    """``csv_cell`` undone, for rows read back from a CSV."""
+    if isinstance(value, str) and value.startswith("'") and value[1:].startswith(_FORMULA_STARTS):
+        return value[1:]
+    return value
+
+
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(float(value), 6)
 
@@ -72,14 +90,15 @@ class Row:
             name: self.metrics.get(name) for name in ROW_METRICS
         }
         return {
-            name: "" if value is None else f"{value:.6f}" if isinstance(value, float) else str(value)
+            name: f"{value:.6f}" if isinstance(value, float) else str(csv_cell(value))
             for name, value in values.items()
         }
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Row:
         """A row from results.jsonl's object or per_image.csv's cells (empty cells are missing values)."""
-        known = {name: value for name, value in record.items() if name in cls.__dataclass_fields__}
+        names = cls.__dataclass_fields__
+        known = {name: _from_cell(value) for name, value in record.items() if name in names}
         fields = {name: None if value == "" else value for name, value in known.items() if name != "metrics"}
         metrics = {name: float(record[name]) for name in ROW_METRICS if record.get(name) not in (None, "")}
         row = cls(**fields, metrics=metrics)
