@@ -1,4 +1,4 @@
-"""The README's quality tables: ViT-ReciproCAM variants and the baselines on FashionScenes scenes.
+"""The quality tables of docs/quality.md: ViT-ReciproCAM variants and the baselines on FashionScenes scenes.
 
     python benchmarks/quality.py --model fashion-vit --name fashion-vit     # writes results/quality-NAME.*
 

@@ -1,4 +1,4 @@
-"""The README's speed table: vitcam's variants beside pytorch-grad-cam's Grad-CAM, same batch and machine.
+"""The speed table of docs/speed.md: vitcam's variants vs pytorch-grad-cam's Grad-CAM, same batch and machine.
 
     pip install -e '.[bench]'
     python benchmarks/speed.py --device cpu            # writes benchmarks/results/speed-cpu.{json,md}

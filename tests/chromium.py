@@ -63,9 +63,11 @@ def _run(arguments: list[str]) -> str:
     return stdout
 
 
-def rendered_dom(html_path: Path, budget_ms: int = 5000) -> str:
-    """The DOM after scripts ran (and up to ``budget_ms`` of virtual time passed), serialised as HTML."""
-    return _run([f"--virtual-time-budget={budget_ms}", "--dump-dom", html_path.resolve().as_uri()])
+def rendered_dom(html_path: Path, budget_ms: int = 5000, size: tuple[int, int] | None = None) -> str:
+    """The DOM after scripts ran (and up to ``budget_ms`` of virtual time passed), serialised as HTML;
+    ``size``: the window's (width, height)."""
+    window = [f"--window-size={size[0]},{size[1]}"] if size else []
+    return _run([f"--virtual-time-budget={budget_ms}", *window, "--dump-dom", html_path.resolve().as_uri()])
 
 
 def screenshot(html_path: Path, png_path: Path, size: tuple[int, int] = (1280, 1600)) -> None:

@@ -81,6 +81,16 @@ def noise(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarr
     return rng.integers(0, 256, shape, dtype=np.uint8)
 
 
+def noise_folder(
+    root: Path, count: int, seed: int, size: tuple[int, int] = (30, 40), digits: int = 1
+) -> Path:
+    """``root`` with ``count`` noise PNGs named 0.png, 1.png, ... (zero-padded to ``digits``)."""
+    root.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(noise(*size, seed=seed + i)).save(root / f"{i:0{digits}d}.png")
+    return root
+
+
 GOOD_IMAGES = {
     "rgb.jpg": (60, 90),
     "nested/deeper/gray.png": (40, 40),

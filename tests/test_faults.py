@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import noise
+from tests.conftest import noise, noise_folder
 from tests.test_cli import VITCAM, explain, rows_of
 from tests.test_distributed import TOLERANCE, assert_same_rows
 from vitcam_cli.errors import VitcamError
@@ -29,11 +29,7 @@ SLOW = ["--model", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "112
 
 @pytest.fixture
 def many(tmp_path: Path) -> Path:
-    root = tmp_path / "many"
-    root.mkdir()
-    for i in range(60):
-        Image.fromarray(noise(120, 160, seed=500 + i)).save(root / f"{i:03d}.png")
-    return root
+    return noise_folder(tmp_path / "many", 60, seed=500, size=(120, 160), digits=3)
 
 
 def _default_sigint() -> None:

@@ -14,18 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import export_tiny_model, noise
+from tests.conftest import export_tiny_model, noise, noise_folder
 from tests.test_cli import explain, rows_of, run
 from tests.test_evaluate import evaluate, write_labelled
 
 
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
-    root = tmp_path / "images"
-    root.mkdir()
-    for i in range(4):
-        Image.fromarray(noise(30, 40, seed=700 + i)).save(root / f"{i}.png")
-    return root
+    return noise_folder(tmp_path / "images", 4, seed=700)
 
 
 def by_name(out: Path) -> dict[str, dict]:

@@ -32,7 +32,7 @@ from vitcam_cli.methods.factory import canonical_name, create_method
 from vitcam_cli.metrics.adcc import scale_to_input
 from vitcam_cli.metrics.localization import boxes_mask
 from vitcam_cli.metrics.measure import MetricSettings, measure
-from vitcam_cli.models import LoadedModel, ModelSpec, wrap_model
+from vitcam_cli.models import LoadedModel, ModelSpec, read_class_names, wrap_model
 from vitcam_cli.outputs.overlay import render_overlay, view_in
 from vitcam_cli.preprocessing import Preprocessing, Size, View
 from vitcam_cli.runner import input_boxes
@@ -117,6 +117,7 @@ class Explainer:
         pretrained: bool = True,
         num_classes: int | None = None,
         img_size: tuple[int, int] | None = None,
+        class_names: Sequence[str] | Path | None = None,
     ) -> None:
         self.device = resolve_device(device)
         check_precision(precision, self.device)
@@ -125,6 +126,10 @@ class Explainer:
             self.loaded: LoadedModel = wrap_model(model, self.device)
         else:
             self.loaded = ModelSpec(model, checkpoint, pretrained, num_classes, img_size).load(self.device)
+        if isinstance(class_names, Path | str):
+            self.loaded = self.loaded.named(read_class_names(Path(class_names)), str(class_names))
+        elif class_names is not None:
+            self.loaded = self.loaded.named(list(class_names), "class_names")
         self.method_name = canonical_name(method)
         self.method = create_method(method, self.loaded, mask_batch, engine)
         self.preprocessing = Preprocessing(self.loaded.transform)

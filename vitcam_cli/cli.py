@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import click
 import typer
+import typer.core
 
 from vitcam_cli import __version__
 from vitcam_cli import defaults as D
@@ -38,6 +40,56 @@ MODEL, METHOD, TARGETS, OUTPUT, RUN, DATA, METRICS = (
 EXIT_INTERRUPTED = 130
 # library parameters whose flag has another name
 FLAG_ALIASES = {"fuse": "fuse_blocks", "method": "methods"}
+
+
+# what an option's value looks like in --help, by the option's name (the type's default otherwise)
+METAVARS = {
+    "out": "DIR", "model": "NAME", "device": "DEVICE", "img_size": "SIZE", "overlay_size": "SIDE",
+    "shard": "I/N", "colormap": "NAME", "classes": "CLASS", "methods": "METHOD", "method": "METHOD",
+    "data": "DIR",
+}  # fmt: skip
+_TYPE_METAVARS = {int: "N", float: "X", Path: "FILE", str: "TEXT"}
+LONGEST_CHOICES = 18  # longer lists of choices are named in the help text, so that none wraps mid-word
+
+
+def _tidy(param: Any) -> None:
+    """One look for every option in --help: ``--top-k N``, ``--kernel gaussian|single``, flags bare, and
+    every default as ``(default: ...)`` at the end of the help text."""
+    if param.param_type_name == "argument":  # its name says what it takes
+        param.display_type_rich = lambda ctx: None
+        return
+    described = param.type_descriptor
+    default = param.default if param.show_default is not False else None
+    if param.is_flag:
+        param.metavar = ""
+        default = param.opts[-1] if default and param.secondary_opts else None  # on by default
+    elif described.is_choice:
+        choices = [str(choice) for choice in described.choices]
+        joined = "|".join(choices)
+        param.metavar = joined if len(joined) <= LONGEST_CHOICES else "NAME"
+        if param.metavar == "NAME" and not all(choice in (param.help or "") for choice in choices):
+            param.help = f"{param.help} One of: {', '.join(choices)}."
+    else:
+        element = getattr(described.annotation, "__args__", (described.annotation,))[0]
+        param.metavar = METAVARS.get(param.name, _TYPE_METAVARS.get(element, "VALUE"))
+    if default is not None and param.show_default is not False:
+        param.help = f"{param.help} (default: {default})"
+    param.show_default = False
+
+
+class TidyCommand(typer.core.TyperCommand):
+    """A command whose --help shows every option the same way (see ``_tidy``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            _tidy(param)
+
+    def get_help_option(self, ctx: click.Context) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
 
 
 def _config_callback(ctx: typer.Context, value: Path | None) -> Path | None:
@@ -95,11 +147,35 @@ ImgSizeOption = Annotated[
     str | None,
     typer.Option(help="Override the input size: 224 or HEIGHTxWIDTH (e.g. 112x160).", rich_help_panel=MODEL),
 ]
+ClassNamesOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Class names, one per line in class-index order (or a JSON list), for a model whose config "
+        "has none (e.g. --checkpoint with --num-classes). Used in rows, --class, labels files and reports.",
+        rich_help_panel=MODEL,
+    ),
+]
 VARIANT_HELP = (
     "Preset of the published implementations: official = block -2, skip input, softmax; "
     "otx = block -1, skip ln, softmax; openvino-xai = block -1, skip masked-input, logit."
 )
-VariantOption = Annotated[_choice(D.PRESET_NAMES), typer.Option(help=VARIANT_HELP, rich_help_panel=METHOD)]
+VariantOption = Annotated[
+    _choice(D.PRESET_NAMES) | None,
+    typer.Option(help=f"{VARIANT_HELP} (default: {D.DEFAULT_PRESET})", rich_help_panel=METHOD),
+]
+METHOD_FORMS = (
+    "reciprocam[:PRESET[:OPTIONS]] with PRESET official, otx or openvino-xai and OPTIONS comma-separated "
+    "kernel=gaussian|single, block=N, skip=ln|masked-input|input, score=softmax|logit|contrast, "
+    "subtract=none|empty, fuse=N (e.g. reciprocam:otx:kernel=single,fuse=2); gradcam; rollout; relevance"
+)
+MethodOption = Annotated[
+    str | None,
+    typer.Option(
+        help=f"The method that makes the maps: {METHOD_FORMS}. (default: ViT-ReciproCAM, --variant and "
+        "the options below)",
+        rich_help_panel=METHOD,
+    ),
+]
 KernelOption = Annotated[
     _choice(D.KERNELS) | None,
     _method_option("Mask: 3x3 Gaussian window or the single token (1x1). (default: gaussian)"),
@@ -323,13 +399,14 @@ def model_spec(
     pretrained: PretrainedOption = True,
     num_classes: NumClassesOption = None,
     img_size: ImgSizeOption = None,
+    class_names: ClassNamesOption = None,
 ) -> Any:
     """The model options as the library's ModelSpec."""
     from vitcam_cli.models import ModelSpec
 
     if model is None:
         raise ParameterError("model", "is required: a timm name, hf-hub:ORG/NAME, local-dir:PATH or a folder")
-    return ModelSpec(model, checkpoint, pretrained, num_classes, _parse_img_size(img_size))
+    return ModelSpec(model, checkpoint, pretrained, num_classes, _parse_img_size(img_size), class_names)
 
 
 def method_overrides(
@@ -415,7 +492,7 @@ def launch_settings(
     return Launch(shard, quiet, debug)
 
 
-@app.command()
+@app.command(cls=TidyCommand)
 @uses(
     model=model_spec,
     overrides=method_overrides,
@@ -433,7 +510,8 @@ def explain(
         str | None,
         typer.Option("--files-from", help="Also read image paths, one per line, from FILE ('-' for stdin)."),
     ] = None,
-    variant: VariantOption = D.DEFAULT_PRESET,
+    method: MethodOption = None,
+    variant: VariantOption = None,
     classes: Annotated[
         list[str] | None,
         typer.Option(
@@ -511,7 +589,7 @@ def explain(
     launch.start(ctx, command, run.device)
 
 
-@app.command()
+@app.command(cls=TidyCommand)
 @uses(model=model_spec, run=run_settings, overlay=overlay_settings, launch=launch_settings)
 def evaluate(
     ctx: typer.Context,
@@ -520,9 +598,8 @@ def evaluate(
         list[str] | None,
         typer.Option(
             "--methods",
-            help="Saliency methods, repeatable or comma-separated: reciprocam[:PRESET[:single]] (e.g. "
-            "reciprocam:otx:single), "
-            "gradcam, rollout, relevance. The first one is gated by --fail-under. (default: reciprocam)",
+            help="Saliency methods, repeatable or comma-separated: "
+            f"{METHOD_FORMS}. The first one is gated by --fail-under. (default: reciprocam)",
             rich_help_panel=METHOD,
             show_default=False,
         ),
@@ -613,9 +690,7 @@ def evaluate(
     def command() -> Any:
         from vitcam_cli.commands.evaluate import Evaluate, EvaluateOptions
 
-        specs = [
-            spec for value in (methods or [D.DEFAULT_METHOD]) for spec in value.split(",") if spec.strip()
-        ]
+        specs = [spec for value in (methods or [D.DEFAULT_METHOD]) for spec in D.split_methods(value)]
         if not specs:
             raise ParameterError(
                 "method", "names no method; use reciprocam, gradcam, rollout or relevance", ""
@@ -625,7 +700,7 @@ def evaluate(
     launch.start(ctx, command, run.device)
 
 
-@app.command()
+@app.command(cls=TidyCommand)
 def merge(
     ctx: typer.Context,
     folders: Annotated[list[Path], typer.Argument(help="Output folders holding the shards' part files.")],
@@ -651,7 +726,7 @@ def merge(
     _run(ctx, action, debug)
 
 
-@app.command()
+@app.command(cls=TidyCommand)
 @uses(model=model_spec, overrides=method_overrides)
 def bench(
     ctx: typer.Context,

@@ -15,6 +15,20 @@ SUBTRACTS = ("none", "empty")
 ENGINES = ("auto", "fast", "dense")
 BASELINE_METHODS = ("gradcam", "rollout", "relevance")
 DEFAULT_METHOD = "reciprocam"
+METHOD_NAMES = ("reciprocam", "gradcam", "rollout", "relevance")
+
+
+def split_methods(text: str) -> list[str]:
+    """A comma-separated list of method strings; a comma inside one method's options
+    (``reciprocam:otx:kernel=single,fuse=2``) stays with it."""
+    specs: list[str] = []
+    for piece in text.split(","):
+        if specs and piece.strip().split(":")[0].lower() not in METHOD_NAMES and "=" in piece:
+            specs[-1] += "," + piece.strip()
+        elif piece.strip():
+            specs.append(piece.strip())
+    return specs
+
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEFAULT_DEVICE = "auto"

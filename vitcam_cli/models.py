@@ -7,12 +7,16 @@ or timm's ImageNet metadata; vitcam re-derives none of it.
 from __future__ import annotations
 
 import difflib
+import json
+import socket
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+import huggingface_hub
 import timm
 import torch
 from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset, resolve_input_data_config
@@ -44,6 +48,34 @@ class LoadedModel:
 
     def resolve_class(self, value: str) -> int:
         return resolve_class(value, self.class_names, self.class_ids)
+
+    def named(self, names: Sequence[str], source: str) -> LoadedModel:
+        """The model with these class names (in class-index order), e.g. for a checkpoint without any."""
+        count = int(self.model.num_classes)
+        if len(names) != count:
+            raise ParameterError(
+                "class_names", f"holds {len(names)} names but the model has {count} classes", source
+            )
+        return replace(self, class_names=list(names), info=self.info | {"class_names": source})
+
+
+def read_class_names(path: Path) -> list[str]:
+    """Class names from a file: one per line in class-index order (blank lines skipped), or a JSON list."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as error:
+        raise ParameterError("class_names", f"cannot read it ({error.strerror})", path) from error
+    except UnicodeDecodeError as error:
+        raise ParameterError("class_names", "not UTF-8 text; save it as UTF-8", path) from error
+    if text.lstrip().startswith("["):
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ParameterError("class_names", f"not a valid JSON list ({literal(error)})", path) from error
+        if not isinstance(names, list) or not all(isinstance(name, str | int) for name in names):
+            raise ParameterError("class_names", "the JSON must be a list of names", path)
+        return [str(name) for name in names]
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 # models that ship inside the package, in timm's export format: ``--model NAME`` works offline
@@ -163,12 +195,59 @@ def _load_checkpoint(model: nn.Module, checkpoint: Path) -> None:
         raise ParameterError("checkpoint", f"does not match the model architecture ({detail})", checkpoint)
 
 
+HUB_PROBE_SECONDS = 3.0
+# the files timm reads pretrained weights from, in a hub repository
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
+def _hub_repository(name: str) -> str | None:
+    """The hub repository a timm name's pretrained weights come from (None: not from the hub)."""
+    if name.startswith("hf-hub:"):
+        return name.removeprefix("hf-hub:").split("@")[0]
+    if name.startswith("local-dir:"):
+        return None
+    config = timm.models.get_pretrained_cfg(name)
+    return getattr(config, "hf_hub_id", None) or None
+
+
+def _hub_reachable() -> bool:
+    host = urlparse(huggingface_hub.constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=HUB_PROBE_SECONDS).close()
+    except OSError:
+        return False
+    return True
+
+
+def _check_hub(spec: str, name: str) -> None:
+    """Before timm asks the hub for weights: with the hub out of reach, use cached weights at once (the
+    hub's offline mode) or fail now with the way out, rather than after a minute of retries."""
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return
+    repository = _hub_repository(name)
+    if repository is None or _hub_reachable():
+        return
+    cached = (huggingface_hub.try_to_load_from_cache(repository, file) for file in HUB_WEIGHT_FILES)
+    if any(isinstance(path, str) for path in cached):
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+        return
+    raise ParameterError(
+        "model",
+        f"its pretrained weights ({repository}) are not cached and the hub cannot be reached; download "
+        f"them once with network access (later runs can set HF_HUB_OFFLINE=1), or {OFFLINE_HINT}",
+        spec,
+    )
+
+
 def _create(spec: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     """``timm.create_model`` with seeded random weights, its failures as one clear error."""
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # random weights (no pretrained weights, new heads) are the same every run
-            return timm.create_model(resolve_model_name(spec), pretrained=pretrained, **kwargs)
+            name = resolve_model_name(spec)
+            if pretrained:
+                _check_hub(spec, name)
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
     except VitcamError:
         raise
     except Exception as error:
@@ -270,9 +349,10 @@ class ModelSpec:
     pretrained: bool = True
     num_classes: int | None = None
     img_size: tuple[int, int] | None = None
+    class_names: Path | None = None  # one name per line, or a JSON list; None: the model's own
 
     def load(self, device: torch.device | str = "cpu") -> LoadedModel:
-        return load_model(
+        loaded = load_model(
             self.name,
             checkpoint=self.checkpoint,
             pretrained=self.pretrained,
@@ -280,6 +360,9 @@ class ModelSpec:
             img_size=self.img_size,
             device=device,
         )
+        if self.class_names is None:
+            return loaded
+        return loaded.named(read_class_names(self.class_names), str(self.class_names))
 
 
 def resolve_class(value: str, class_names: list[str], class_ids: list[str] = ()) -> int:

@@ -226,8 +226,63 @@ class _Rate(ProgressColumn):
         return Text(f"{task.speed:.1f} img/s" if task.speed else "")
 
 
-def progress_bar(console: Console, label: str, quiet: bool) -> Progress:
-    """done/total, images/s and time left on a terminal's stderr; nothing when quiet or piped."""
+class ProgressLines:
+    """Progress for logs (stderr not a terminal): a plain line now and then, and one at the end.
+
+    Same calls as rich's ``Progress`` for one task: ``add_task``, ``advance``, and a ``with`` block.
+    """
+
+    def __init__(
+        self, console: Console, label: str, every: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.console = console
+        self.label = label
+        self.every = every
+        self.clock = clock
+        self.total = self.done = 0
+        self.started = self.last = 0.0
+
+    def add_task(self, description: str, total: int) -> int:
+        self.total = total
+        return 0
+
+    def __enter__(self) -> ProgressLines:
+        self.started = self.last = self.clock()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._line()
+
+    def advance(self, task: int, count: float = 1) -> None:
+        self.done += int(count)
+        if self.clock() - self.last >= self.every:
+            self._line()
+
+    def _line(self) -> None:
+        now = self.clock()
+        self.last = now
+        elapsed = now - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.done) / rate if rate > 0 else None
+        remaining = f", {_clock_time(left)} left" if left is not None and self.done < self.total else ""
+        self.console.print(
+            f"{self.label}: {self.done}/{self.total} images, {rate:.1f} img/s, {_clock_time(elapsed)} "
+            f"elapsed{remaining}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _clock_time(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+
+
+def progress_bar(console: Console, label: str, quiet: bool) -> Progress | ProgressLines:
+    """done/total, images/s and time left: a live bar on a terminal's stderr, a plain line at most every
+    10 s (and at the end) in a log; nothing when quiet."""
+    if not quiet and not console.is_terminal:
+        return ProgressLines(console, label)
     return Progress(
         TextColumn(label),
         BarColumn(),

@@ -30,6 +30,7 @@ from vitcam_cli.data import (
     ImageItem,
     discover,
     folder_labels,
+    image_boxes,
     output_folders,
     read_boxes,
     read_class_map,
@@ -45,14 +46,17 @@ from vitcam_cli.metrics.aggregate import METRICS, Totals, bootstrap_intervals
 from vitcam_cli.metrics.measure import MetricSettings
 from vitcam_cli.models import LoadedModel, ModelSpec
 from vitcam_cli.outputs.atomic import atomic_text_stream, ensure_writable, write_atomic, write_json_atomic
+from vitcam_cli.outputs.manifest import FAILURES_KEPT
 from vitcam_cli.outputs.overlay import OverlaySettings, encode_overlay, overlay_extension, render_overlay
 from vitcam_cli.outputs.report import (
     THUMBNAIL_SIDE,
     Card,
+    Charts,
     Gallery,
     Panel,
     card_from_dict,
     card_to_dict,
+    draw_boxes,
     thumbnail,
     write_report,
 )
@@ -236,15 +240,22 @@ class EvaluationGallery:
     """The report's worst and best images by the first method's ADCC, every method side by side."""
 
     def __init__(
-        self, options: EvaluateOptions, loaded: LoadedModel, truth_of: dict[Path, int | str] | None
+        self,
+        options: EvaluateOptions,
+        loaded: LoadedModel,
+        truth_of: dict[Path, int | str] | None,
+        boxes: dict[Path, list[GroundTruthBox]] | None = None,
     ) -> None:
         self.gallery = Gallery(limit=GALLERY_LIMIT)
         self.options = options
         self.class_names = loaded.class_names
         self.truth_of = truth_of or {}
+        self.boxes = boxes or {}
+        self.failures: list[tuple[str, str]] = []  # the first few, for the report
 
     def failed(self, item: ImageItem, message: str) -> None:
-        pass
+        if len(self.failures) < FAILURES_KEPT:
+            self.failures.append((str(item.path), message))
 
     def explained(self, image: ImageResult) -> None:
         first = next(iter(image.methods.values()))
@@ -260,7 +271,7 @@ class EvaluationGallery:
             panels.append(
                 Panel(
                     method=name,
-                    thumbnail=thumbnail(_overlay(image, name, self.options.overlay)),
+                    thumbnail=thumbnail(self._with_boxes(image, _overlay(image, name, self.options.overlay))),
                     link=link,
                     class_name=self.class_names[output.classes[0]],
                     probability=output.probabilities[0],
@@ -269,7 +280,17 @@ class EvaluationGallery:
             )
         truth = self.truth_of.get(image.item.path)
         label = self.class_names[truth] if isinstance(truth, int) else None
-        return Card(str(image.item.path), label, panels)
+        predicted = self.class_names[next(iter(image.methods.values())).predicted]
+        return Card(str(image.item.path), label, panels, predicted if label is not None else None)
+
+    def _with_boxes(self, image: ImageResult, overlay: np.ndarray) -> np.ndarray:
+        """The overlay with the image's ground-truth boxes drawn on it (clipped to the image)."""
+        boxes = image_boxes(self.boxes.get(image.item.path, []), image.size)
+        if isinstance(boxes, str) or not boxes:
+            return overlay
+        scale = (overlay.shape[1] / image.size[0], overlay.shape[0] / image.size[1])
+        moved = [(a * scale[0], b * scale[1], c * scale[0], d * scale[1]) for a, b, c, d in boxes]
+        return draw_boxes(overlay, moved)
 
 
 @dataclass
@@ -286,6 +307,7 @@ class Part:
     wall_seconds: float
     inputs: dict[str, Any] | None = None  # every shard's inputs (count, digest): all must be the same
     from_shards: bool = False  # read back from a shard's part files (its rows are in a part file too)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # the first few failed images
 
 
 # run-defining fields every shard of one evaluation must share
@@ -337,7 +359,7 @@ class Evaluate:
         ensure_writable(options.out)
         run = self._batch_run(items, loaded, names, truth_of, boxes, device)
         totals = MetricTotals(names, truth_of, len(items), boxes)
-        gallery = EvaluationGallery(options, loaded, truth_of)
+        gallery = EvaluationGallery(options, loaded, truth_of, boxes)
         suffix = shard.suffix if shard else ""
         progress = progress_bar(Console(stderr=True, quiet=quiet), "evaluating", quiet)
         task = progress.add_task("evaluate", total=len(items))
@@ -360,6 +382,7 @@ class Evaluate:
             offered=gallery.gallery.offered,
             wall_seconds=time.perf_counter() - started,
             inputs=inputs,
+            failures=gallery.failures,
         )
 
     def _batch_run(
@@ -422,6 +445,7 @@ class Evaluate:
             if options.fail_under is None
             else {"metric": options.metric, "threshold": options.fail_under},
             "bootstrap": options.bootstrap,
+            "colormap": options.overlay.colormap,
         }
 
 
@@ -447,12 +471,21 @@ def read_parts(folders: list[Path]) -> list[tuple[Path, Part]]:
         part = Part(
             header=data["header"], names=data["names"], seconds=data["seconds"], counts=data["counts"],
             offered=data["offered"], wall_seconds=data["wall_seconds"], inputs=data.get("inputs"),
-            from_shards=True,
+            from_shards=True, failures=[tuple(pair) for pair in data.get("failures", [])],
             totals={name: Totals.from_state(state) for name, state in data["totals"].items()},
             cards=[card_from_dict(card) for card in data["cards"]],
         )  # fmt: skip
         parts.append((folder, part))
     return parts
+
+
+def method_totals(parts: list[Part]) -> dict[str, Totals]:
+    """Every method's sums and histograms over all parts."""
+    merged = {name: Totals() for name in parts[0].names}
+    for name, totals in merged.items():
+        for part in parts:
+            totals.merge(part.totals[name])
+    return merged
 
 
 def _metrics(parts: list[Part]) -> dict[str, Any]:
@@ -461,10 +494,7 @@ def _metrics(parts: list[Part]) -> dict[str, Any]:
     counts = {key: sum(part.counts[key] for part in parts) for key in parts[0].counts}
     accuracy = counts["correct"] / counts["labelled"] if counts["labelled"] else None
     methods = {}
-    for name in names:
-        totals = Totals()
-        for part in parts:
-            totals.merge(part.totals[name])
+    for name, totals in method_totals(parts).items():
         seconds = sum(part.seconds[name] for part in parts)
         methods[name] = {
             **totals.means(),
@@ -506,7 +536,9 @@ def finish(out: Path, parts: list[Part], as_json: bool, markdown: bool, quiet: b
     for part in parts:
         for card in part.cards:
             gallery.offer(card.panels[0].metrics.get("adcc", math.nan), lambda card=card: card)
-    _write_report(out, metrics, names, gallery.cards(), sum(part.offered for part in parts))
+    histograms = {name: totals.histograms for name, totals in method_totals(parts).items()}
+    failures = [failure for part in parts for failure in part.failures]
+    _write_report(out, metrics, names, gallery, histograms, failures)
     Console(stderr=True, quiet=quiet).print(_table(metrics, names))
     if markdown:
         stdout.write(markdown_table(metrics, names) + "\n")
@@ -587,12 +619,13 @@ def _table(metrics: dict[str, Any], names: list[str]) -> Table:
     title = f"vitcam evaluate: {dataset['evaluated']} images, target {metrics['target']}" + (
         f", accuracy {accuracy:.3f}" if accuracy is not None else ""
     )
+    # metrics down, methods across: long method names break at ':' and ',', never cut at 120 columns
     table = Table(title=title, title_justify="left")
-    table.add_column("method")
-    for column in columns:
-        table.add_column(column, justify="right")
+    table.add_column("metric")
     for name in names:
-        table.add_row(name, *(_cell(metrics["methods"][name].get(column)) for column in columns))
+        table.add_column(name.replace(":", ":\n").replace(",", ",\n"), justify="right", overflow="fold")
+    for column in columns:
+        table.add_row(column, *(_cell(metrics["methods"][name].get(column)) for name in names))
     return table
 
 
@@ -612,7 +645,12 @@ def markdown_table(metrics: dict[str, Any], names: list[str]) -> str:
 
 
 def _write_report(
-    out: Path, metrics: dict[str, Any], names: list[str], cards: list[Card], offered: int
+    out: Path,
+    metrics: dict[str, Any],
+    names: list[str],
+    gallery: Gallery,
+    histograms: dict[str, dict[str, list[int]]],
+    failures: list[tuple[str, str]],
 ) -> None:
     columns = _columns(metrics, names)
     dataset = metrics["dataset"]
@@ -623,11 +661,15 @@ def _write_report(
         ("target", metrics["target"]),
         ("device", f"{metrics['device']} {metrics['precision']}"),
     ]
+    if "without_boxes" in dataset:
+        facts.append(("without boxes", f"{dataset['without_boxes']} (left out of the localisation metrics)"))
     accuracy = metrics["methods"][names[0]]["accuracy"]
     if accuracy is not None:
         facts.append(("accuracy", f"{accuracy:.4f}"))
     rows = [[name, *(_cell(metrics["methods"][name].get(column)) for column in columns)] for name in names]
+    means = {name: {m: v for m, v in metrics["methods"][name].items() if m in METRICS} for name in names}
+    charts = Charts(histograms=histograms, means=means, comparison=True)
     write_report(
-        out / "report.html", "vitcam evaluate", facts, ["method", *columns], rows, cards, offered,
-        [ADCC_DEFINITION],
+        out / "report.html", "vitcam evaluate", facts, ["method", *columns], rows, gallery.cards(),
+        gallery.offered, [ADCC_DEFINITION], charts, failures, dataset["failed"], metrics.get("colormap"),
     )  # fmt: skip

@@ -23,6 +23,14 @@ from vitcam_cli.data import IMAGE_EXTENSIONS, ImageItem, discover, output_folder
 from vitcam_cli.defaults import DEFAULT_PRESET, EXPLAIN_BATCH, PRESET_NAMES
 from vitcam_cli.distributed import Shard, input_record
 from vitcam_cli.errors import ParameterError, VitcamError
+from vitcam_cli.methods.base import SaliencyMethod
+from vitcam_cli.methods.factory import (
+    BASELINES,
+    canonical_name,
+    create_method,
+    reciprocam_name,
+    reciprocam_settings,
+)
 from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM, describe
 from vitcam_cli.metrics.adcc import ADCC_DEFINITION
 from vitcam_cli.metrics.aggregate import METRICS
@@ -32,7 +40,7 @@ from vitcam_cli.outputs.atomic import ensure_writable, remove_stale_temporaries,
 from vitcam_cli.outputs.manifest import Counts, Manifest
 from vitcam_cli.outputs.merge import merge_shards
 from vitcam_cli.outputs.overlay import OverlaySettings
-from vitcam_cli.outputs.report import THUMBNAIL_SIDE, Gallery, write_report
+from vitcam_cli.outputs.report import THUMBNAIL_SIDE, Charts, Gallery, write_report
 from vitcam_cli.outputs.rows import Row
 from vitcam_cli.outputs.writer import ExplainWriter, Outputs
 from vitcam_cli.runner import (
@@ -56,7 +64,8 @@ class ExplainOptions:
     inputs: list[str]
     model: ModelSpec
     files_from: str | None = None  # a file of paths, one per line; "-" for standard input
-    variant: str = DEFAULT_PRESET
+    method: str | None = None  # any evaluate method string; None: ViT-ReciproCAM from variant and overrides
+    variant: str | None = None  # the ViT-ReciproCAM preset; None: the default
     overrides: dict[str, Any] = field(default_factory=dict)  # explicit method options over the preset
     classes: list[str] = field(default_factory=list)
     top_k: int | None = None
@@ -73,7 +82,7 @@ class ExplainOptions:
     def check(self) -> None:
         self.run.check()
         self.overlay.check()
-        if self.variant not in PRESET_NAMES:
+        if self.variant is not None and self.variant not in PRESET_NAMES:
             raise ParameterError("variant", f"use one of {', '.join(PRESET_NAMES)}", self.variant)
         if not self.inputs and self.files_from is None:
             raise VitcamError("no inputs: pass image files or folders, or {files_from} FILE (- for stdin)")
@@ -89,6 +98,42 @@ def target_request(options: ExplainOptions, loaded: LoadedModel) -> TargetReques
         raise ParameterError("top_k", f"must be between 1 and {count} (the class count)", options.top_k)
     classes = tuple(dict.fromkeys(loaded.resolve_class(value) for value in options.classes))
     return TargetRequest(top_k=options.top_k or 1, classes=classes, from_labels=options.labels is not None)
+
+
+def explain_method(
+    options: ExplainOptions, loaded: LoadedModel
+) -> tuple[str, SaliencyMethod, dict[str, Any]]:
+    """The method that makes the maps, its name in rows and tables, and its settings as summary.json
+    records them: ``method`` (any evaluate method string), else ViT-ReciproCAM from ``variant``; the
+    ViT-ReciproCAM options given one by one (``overrides``) win over either."""
+    run = options.run
+    if options.method is not None and canonical_name(options.method) in BASELINES:
+        name = canonical_name(options.method)
+        given = [*(["variant"] if options.variant is not None else []), *options.overrides]
+        if given:
+            raise ParameterError(given[0], f"applies to ViT-ReciproCAM only, not to {{method}} {name}")
+        method = create_method(name, loaded, run.mask_batch, run.engine)
+        return name, method, {"name": name, "label": name}
+    if options.method is not None and options.variant is not None:
+        raise VitcamError("{method} and {variant} both choose the ViT-ReciproCAM preset: use one of them")
+    if options.method is not None:
+        preset, settings = reciprocam_settings(options.method)
+    else:
+        preset = options.variant or DEFAULT_PRESET
+        settings = PRESETS[preset]
+    settings = settings.with_overrides(**options.overrides)
+    explainer = ReciproCAM(
+        loaded.model, loaded.layout, settings, loaded.input_size, run.mask_batch, run.engine
+    )
+    name = reciprocam_name(preset, settings)
+    return name, explainer, {"name": "reciprocam", "label": name, "variant": preset, **settings.as_dict()}
+
+
+def _method_line(summary: dict[str, Any]) -> str:
+    method, engine = summary["settings"]["method"], summary["settings"]["engine"]
+    if method.get("name", "reciprocam") != "reciprocam":
+        return describe(method)
+    return f"ViT-ReciproCAM {describe(method)}, {engine} engine"
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
@@ -107,28 +152,34 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s")
     table.add_row("images / s", f"{summary['images_per_second']:.2f}")
     table.add_row("method", describe(summary["settings"]["method"]))
-    table.add_row("engine", summary["settings"]["engine"])
+    table.add_row("engine", summary["settings"]["engine"] or "-")
     table.add_row("device", f"{summary['device']} {summary['precision']}")
     table.add_row("output", summary["out"])
     return table
 
 
-def write_explain_report(path: Path, summary: dict[str, Any], gallery: Gallery) -> None:
-    """The report of an explain run (or of its merged shards), from its summary.json."""
+def write_explain_report(path: Path, summary: dict[str, Any], gallery: Gallery, counts: Counts) -> None:
+    """The report of an explain run (or of its merged shards), from its summary.json and its rows'
+    ``counts`` (the distributions and the failed images)."""
     images, method, adcc = summary["images"], summary["settings"]["method"], summary["adcc"] or {}
     facts = [
         ("model", summary["settings"]["model"]["model"]),
-        ("method", f"ViT-ReciproCAM {describe(method)}, {summary['settings']['engine']} engine"),
+        ("method", _method_line(summary)),
         ("images", f"{images['ok']} explained, {images['error']} failed, {images['skipped']} resumed"),
         ("device", f"{summary['device']} {summary['precision']}"),
         ("time", f"{summary['wall_seconds']:.1f} s, {summary['images_per_second']:.2f} images/s"),
     ]
     columns = ["method", "images", *(name for name in METRICS if name in adcc)]
-    row = [method["variant"], str(images["ok"]), *(f"{adcc[name]:.4f}" for name in columns[2:])]
+    label = method.get("label", method.get("variant"))
+    row = [label, str(images["ok"]), *(f"{adcc[name]:.4f}" for name in columns[2:])]
     notes = [ADCC_DEFINITION] if adcc else ["ADCC was not computed: the gallery is sorted by probability."]
     if images["skipped"]:
         notes.append("The gallery shows images explained in this run; resumed images are in results.jsonl.")
-    write_report(path, "vitcam explain", facts, columns, [row], gallery.cards(), gallery.offered, notes)
+    charts = Charts(histograms={label: counts.histograms}, means={label: adcc})
+    write_report(
+        path, "vitcam explain", facts, columns, [row], gallery.cards(), gallery.offered, notes, charts,
+        counts.failures, images["error"], summary["settings"]["colormap"],
+    )  # fmt: skip
 
 
 def _refuse_other_settings(out: Path, settings: dict[str, Any], summary_name: str) -> None:
@@ -181,16 +232,8 @@ class Explain:
         loaded = options.model.load(device)
         request = target_request(options, loaded)
         labels = read_labels(options.labels, items, loaded.resolve_class) if options.labels else {}
-        settings = PRESETS[options.variant].with_overrides(**options.overrides)
-        explainer = ReciproCAM(
-            loaded.model,
-            loaded.layout,
-            settings,
-            loaded.input_size,
-            options.run.mask_batch,
-            options.run.engine,
-        )
-        recorded = self._settings(loaded, request, explainer)
+        name, method, described = explain_method(options, loaded)
+        recorded = self._settings(loaded, request, method, described)
         part = shard.suffix if shard else ""
         ensure_writable(options.out)
         if options.skip_existing:
@@ -213,7 +256,7 @@ class Explain:
         run = BatchRun(
             items=[item for item in todo if not isinstance(labels.get(item.path), str)],
             loaded=loaded,
-            methods={options.variant: explainer},
+            methods={name: method},
             targets=lambda batch: request.chooser(self._labels(request, labels, batch)),
             settings=options.run,
             device=device,
@@ -222,8 +265,9 @@ class Explain:
             turns=Turns(enabled=device.type == "cpu"),
         )
         writer = ExplainWriter(
-            options.out, manifest, self._emit, self._outputs(), options.variant, loaded.class_names, run.turns
-        )
+            options.out, manifest, self._emit, self._outputs(), name, loaded.class_names, run.turns,
+            labelled=request.from_labels,
+        )  # fmt: skip
         try:
             status = self._stream(run, writer, manifest, todo, labels, quiet)
         except VitcamError as error:  # the folder says why the run stopped (if it still can)
@@ -246,11 +290,11 @@ class Explain:
             wall_seconds=round(elapsed, 3),
             images_per_second=round(len(todo) / elapsed, 3) if elapsed > 0 else 0.0,
             adcc=counts.metrics or None,
-            mask_batch_reductions=explainer.reductions,
+            mask_batch_reductions=getattr(method, "reductions", []),
         )
         write_json_atomic(options.out / f"summary{part}.json", summary)
         if shard is None:  # a shard's report comes with the merge
-            write_explain_report(options.out / "report.html", summary, writer.gallery)
+            write_explain_report(options.out / "report.html", summary, writer.gallery, counts)
         Console(stderr=True, quiet=quiet).print(summary_table(summary))
         if status == "interrupted":
             return EXIT_INTERRUPTED
@@ -266,14 +310,16 @@ class Explain:
             raise VitcamError(f"no images found in {where} (looked for {', '.join(IMAGE_EXTENSIONS)})")
         return items
 
-    def _settings(self, loaded: LoadedModel, request: TargetRequest, explainer: ReciproCAM) -> dict[str, Any]:
+    def _settings(
+        self, loaded: LoadedModel, request: TargetRequest, method: SaliencyMethod, described: dict[str, Any]
+    ) -> dict[str, Any]:
         """What summary.json records of the run: resuming and merging compare these."""
         options = self.options
         overlays = {"format": options.overlay.format, "size": options.overlay.size or "original"}
         return {
             "model": loaded.info,
-            "method": {"name": "reciprocam", "variant": options.variant, **explainer.settings.as_dict()},
-            "engine": explainer.engine.name,
+            "method": described,
+            "engine": engine.name if (engine := getattr(method, "engine", None)) else None,
             "targets": request.describe() | ({"labels": str(options.labels)} if options.labels else {}),
             "colormap": options.overlay.colormap,
             "alpha": options.overlay.alpha,

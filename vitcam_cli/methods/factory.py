@@ -61,7 +61,11 @@ def canonical_name(spec: str) -> str:
         return spec
     if spec.split(":")[0] != "reciprocam":
         raise ParameterError("method", USAGE, spec)
-    preset, settings = _settings(spec)
+    return reciprocam_name(*_settings(spec))
+
+
+def reciprocam_name(preset: str, settings: ReciproCAMSettings) -> str:
+    """``reciprocam:PRESET`` plus the options of ``settings`` that differ from the preset's."""
     reference = PRESETS[preset]
     changed = [
         f"{key}={getattr(settings, name)}"
@@ -69,6 +73,13 @@ def canonical_name(spec: str) -> str:
         if getattr(settings, name) != getattr(reference, name)
     ]
     return f"reciprocam:{preset}" + (f":{','.join(changed)}" if changed else "")
+
+
+def reciprocam_settings(spec: str) -> tuple[str, ReciproCAMSettings]:
+    """The preset and settings of a ``reciprocam[:PRESET[:options]]`` method string."""
+    if canonical_name(spec) in BASELINES:
+        raise ParameterError("method", "is not ViT-ReciproCAM", spec)
+    return _settings(spec.strip().lower())
 
 
 def create_method(

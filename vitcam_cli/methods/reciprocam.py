@@ -60,7 +60,10 @@ class ReciproCAMSettings:
 
 
 def describe(method: dict[str, object]) -> str:
-    """One line for a method's settings as summary.json stores them: variant, then every choice."""
+    """One line for a method's settings as summary.json stores them: variant, then every choice (a
+    baseline by its name)."""
+    if method.get("name", "reciprocam") != "reciprocam":
+        return str(method["name"])
     parts = [
         f"block {method['target_block']}",
         f"skip {method['skip']}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,12 +16,17 @@ from vitcam_cli.metrics.adcc import PARTS, adcc
 METRICS = ("adcc", "adcc_mean", *PARTS[1:], "insertion", "deletion", "pointing_game", "energy_in_box")
 
 
+HISTOGRAM_BINS = 20  # equal bins over [0, 1], where every per-image metric lies
+
+
 class Totals:
-    """Running sums of per-image metrics: constant memory, and mergeable (sum the sums)."""
+    """Running sums of per-image metrics and their histograms: constant memory, and mergeable (sum the
+    sums and the bins)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.counts: dict[str, int] = {}
+        self.histograms: dict[str, list[int]] = {}
 
     def add(self, values: dict[str, Tensor | float | None]) -> None:
         """Add per-image values; None and NaN mean "does not apply" (an image without boxes)."""
@@ -28,14 +34,18 @@ class Totals:
             if value is None:
                 continue
             if isinstance(value, Tensor):
-                present = value.double()[~value.isnan()]
-                total, count = float(present.sum()), present.numel()
+                present = value.double()[~value.isnan()].flatten()
             elif math.isnan(value):
                 continue
             else:
-                total, count = float(value), 1
+                present = torch.tensor([float(value)], dtype=torch.float64)
+            total, count = float(present.sum()), present.numel()
             if not count:
                 continue
+            bins = (present.clamp(0, 1) * HISTOGRAM_BINS).long().clamp(max=HISTOGRAM_BINS - 1)
+            counted = torch.bincount(bins, minlength=HISTOGRAM_BINS).tolist()
+            previous = self.histograms.get(name, [0] * HISTOGRAM_BINS)
+            self.histograms[name] = [a + b for a, b in zip(previous, counted, strict=True)]
             self.sums[name] = self.sums.get(name, 0.0) + total
             self.counts[name] = self.counts.get(name, 0) + count
 
@@ -44,15 +54,19 @@ class Totals:
         for name, total in other.sums.items():
             self.sums[name] = self.sums.get(name, 0.0) + total
             self.counts[name] = self.counts.get(name, 0) + other.counts[name]
+        for name, bins in other.histograms.items():
+            previous = self.histograms.get(name, [0] * len(bins))
+            self.histograms[name] = [a + b for a, b in zip(previous, bins, strict=True)]
 
-    def state(self) -> dict[str, dict[str, float]]:
-        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+    def state(self) -> dict[str, dict[str, Any]]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts), "histograms": dict(self.histograms)}
 
     @classmethod
-    def from_state(cls, state: dict[str, dict[str, float]]) -> Totals:
+    def from_state(cls, state: dict[str, dict[str, Any]]) -> Totals:
         totals = cls()
         totals.sums = {name: float(value) for name, value in state["sums"].items()}
         totals.counts = {name: int(value) for name, value in state["counts"].items()}
+        totals.histograms = {name: list(bins) for name, bins in state.get("histograms", {}).items()}
         return totals
 
     def means(self) -> dict[str, float]:

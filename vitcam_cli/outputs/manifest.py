@@ -42,6 +42,8 @@ class Counts:
     images_error: int = 0
     rows: int = 0
     metrics: dict[str, float] = field(default_factory=dict)  # dataset means of the rows' ADCC parts
+    histograms: dict[str, list[int]] = field(default_factory=dict)  # of the rows' ADCC parts
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (image, error), the first few
 
 
 class Manifest:
@@ -100,6 +102,9 @@ class Manifest:
         return write_results_csv(self.csv, read_rows(self.jsonl))
 
 
+FAILURES_KEPT = 200  # failed images listed by name in the report (all of them are in the rows)
+
+
 def tally(rows: Iterable[Row], counts: Counts) -> Iterator[Row]:
     """Pass ``rows`` through, counting images and rows and summing the ADCC parts into ``counts``."""
     image_ok: dict[str, bool] = {}
@@ -109,10 +114,13 @@ def tally(rows: Iterable[Row], counts: Counts) -> Iterator[Row]:
         image_ok[row.path] = image_ok.get(row.path, True) and row.ok
         if row.ok:
             totals.add({name: row.metrics.get(name) for name in PARTS})
+        elif len(counts.failures) < FAILURES_KEPT:
+            counts.failures.append((row.path, row.error or ""))
         yield row
     counts.images_ok = sum(image_ok.values())
     counts.images_error = len(image_ok) - counts.images_ok
     counts.metrics = totals.means()
+    counts.histograms = totals.histograms
 
 
 def write_results_csv(path: Path, rows: Iterable[Row]) -> Counts:

@@ -47,7 +47,9 @@ def _rebased(row: Row, folder: Path, destination: Path) -> Row:
 
 
 def merge_shards(
-    folders: Sequence[Path], destination: Path, write_report: Callable[[Path, dict[str, Any], Gallery], None]
+    folders: Sequence[Path],
+    destination: Path,
+    write_report: Callable[[Path, dict[str, Any], Gallery, Counts], None],
 ) -> dict[str, Any]:
     """Merge every shard found in ``folders`` into ``destination``; returns the merged summary.
 
@@ -97,12 +99,14 @@ def merge_shards(
         ],
     }
     write_json_atomic(destination / "summary.json", summary)
-    gallery = _gallery(rows, destination, summary["settings"]["method"]["variant"])
-    write_report(destination / "report.html", summary, gallery)
+    method = summary["settings"]["method"]
+    labelled = "labels" in summary["settings"].get("targets", {})
+    gallery = _gallery(rows, destination, method.get("label", method.get("variant")), labelled)
+    write_report(destination / "report.html", summary, gallery, counts)
     return summary
 
 
-def _gallery(rows: list[Row], destination: Path, method: str) -> Gallery:
+def _gallery(rows: list[Row], destination: Path, method: str, labelled: bool) -> Gallery:
     """The report's worst and best rows by ADCC, thumbnails read back from the overlays on disk (rows
     without overlays get a card without a picture)."""
     gallery = Gallery(limit=100)
@@ -117,7 +121,10 @@ def _gallery(rows: list[Row], destination: Path, method: str) -> Gallery:
                     picture = thumbnail(np.asarray(image.convert("RGB")))
             metrics = {name: row.metrics[name] for name in PARTS if name in row.metrics}
             panel = Panel(method, picture, row.overlay, row.class_name or "", row.probability or 0.0, metrics)
-            return Card(row.path, None, [panel])
+            if not labelled:
+                return Card(row.path, None, [panel])
+            predicted = row.class_name if row.rank == 1 else f"another class (the label ranks {row.rank})"
+            return Card(row.path, row.class_name, [panel], predicted)
 
         value = row.metrics.get("adcc", row.probability)
         gallery.offer(float(value if value is not None else float("nan")), card)

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import base64
 import bisect
-import html
 import io
-import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-from PIL import Image
+from jinja2 import Environment, PackageLoader, select_autoescape
+from PIL import Image, ImageDraw
 
 from vitcam_cli.outputs.atomic import write_atomic
+from vitcam_cli.outputs.overlay import colormap_table
 
 # panel metrics in display order; names not listed here follow alphabetically
 METRIC_ORDER = (
@@ -53,6 +53,12 @@ class Card:
     title: str  # the image path as the user gave it
     label: str | None  # the ground-truth class name, when known
     panels: list[Panel]
+    predicted: str | None = None  # the predicted class name, when a label is known
+
+    @property
+    def wrong(self) -> bool:
+        """A known label the model did not predict: the card is marked."""
+        return self.label is not None and self.predicted is not None and self.label != self.predicted
 
 
 def card_to_dict(card: Card) -> dict[str, Any]:
@@ -60,14 +66,14 @@ def card_to_dict(card: Card) -> dict[str, Any]:
     panels = [
         {**panel.__dict__, "thumbnail": base64.b64encode(panel.thumbnail).decode()} for panel in card.panels
     ]
-    return {"title": card.title, "label": card.label, "panels": panels}
+    return {"title": card.title, "label": card.label, "predicted": card.predicted, "panels": panels}
 
 
 def card_from_dict(data: dict[str, Any]) -> Card:
     panels = [
         Panel(**{**panel, "thumbnail": base64.b64decode(panel["thumbnail"])}) for panel in data["panels"]
     ]
-    return Card(data["title"], data["label"], panels)
+    return Card(data["title"], data["label"], panels, data.get("predicted"))
 
 
 def thumbnail(image: np.ndarray, max_side: int = THUMBNAIL_SIDE) -> bytes:
@@ -77,6 +83,19 @@ def thumbnail(image: np.ndarray, max_side: int = THUMBNAIL_SIDE) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY)
     return buffer.getvalue()
+
+
+def draw_boxes(image: np.ndarray, boxes: Sequence[tuple[float, float, float, float]]) -> np.ndarray:
+    """The (H, W, 3) uint8 picture with each box (x1, y1, x2, y2; x2, y2 exclusive) outlined in white
+    over black, visible on any heatmap."""
+    picture = Image.fromarray(image)
+    draw = ImageDraw.Draw(picture)
+    line = max(1, round(max(picture.size) / 160))
+    for x1, y1, x2, y2 in boxes:
+        corners = [x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)]
+        draw.rectangle(corners, outline=(0, 0, 0), width=line + 2)
+        draw.rectangle(corners, outline=(255, 255, 255), width=line)
+    return np.asarray(picture)
 
 
 class Gallery:
@@ -112,6 +131,29 @@ class Gallery:
         return self._offered
 
 
+@dataclass
+class Charts:
+    """What the report draws beside its tables: per-image distributions and the methods compared.
+
+    ``histograms``: method -> metric -> counts of equal bins over [0, 1] (see ``Totals``);
+    ``means``: method -> metric -> dataset mean; ``comparison``: draw the methods side by side.
+    """
+
+    histograms: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    means: dict[str, dict[str, float]] = field(default_factory=dict)
+    comparison: bool = False
+
+
+# the metrics drawn, in this order: the faithfulness ones first
+CHART_METRICS = ("adcc", "average_drop", "coherency", "complexity", "insertion", "deletion",
+                 "pointing_game", "energy_in_box")  # fmt: skip
+FAILURES_SHOWN = 200
+
+_TEMPLATES = Environment(
+    loader=PackageLoader("vitcam_cli.outputs", "templates"), autoescape=select_autoescape(default=True)
+)
+
+
 def write_report(
     path: Path,
     title: str,
@@ -121,43 +163,49 @@ def write_report(
     cards: list[Card],
     offered: int,
     notes: Sequence[str] = (),
+    charts: Charts | None = None,
+    failures: Sequence[tuple[str, str]] = (),
+    failed: int | None = None,
+    colormap: str | None = None,
 ) -> None:
     """Write the page atomically, so a viewer never opens a half-written report.
 
     ``facts``: key/value lines about the run. ``columns``/``rows``: the summary table, formatted strings,
     the first column naming the row. ``offered``: how many cards existed before the gallery kept some.
+    ``failures``: (image, error) of failed images, the first ``FAILURES_SHOWN`` listed, of ``failed`` in
+    all (default: as many as given). ``colormap``: the heatmaps' colour scale, drawn as a bar.
     """
-    page = _PAGE.format(
-        title=_text(title),
+    panels = [panel for card in cards for panel in card.panels]
+    sort_metrics = [*_ordered_metrics({name for panel in panels for name in panel.metrics}), "probability"]
+    page = _TEMPLATES.get_template("report.html.j2").render(
+        title=title,
         style=_STYLE,
-        facts="".join(f"<dt>{_text(key)}</dt><dd>{_text(value)}</dd>" for key, value in facts),
-        summary=_summary_table(columns, rows),
-        notes="".join(f"<p>{_text(note)}</p>" for note in notes),
-        count=_count_line(len(cards), offered),
-        controls=_controls(cards),
-        cards="".join(_card(card) for card in cards) or "<p>No images.</p>",
         script=_SCRIPT,
+        facts=facts,
+        columns=columns,
+        rows=rows,
+        notes=notes,
+        count=_count_line(len(cards), offered),
+        cards=[_card_view(card) for card in cards],
+        panels=bool(panels),
+        sort_metrics=sort_metrics,
+        default_metric="adcc" if "adcc" in sort_metrics else sort_metrics[0],
+        methods=list(dict.fromkeys(panel.method for panel in panels)),
+        classes=sorted({name for card in cards for name in _card_classes(card)}),
+        labelled=any(card.label is not None for card in cards),
+        lower_is_better=LOWER_IS_BETTER,
+        distributions=_distributions(charts),
+        comparison=_comparison(charts),
+        failures=list(failures)[:FAILURES_SHOWN],
+        failed=len(failures) if failed is None else failed,
+        colorbar=_colorbar(colormap) if colormap and panels else None,
     )
     write_atomic(path, lambda handle: handle.write(page.encode("utf-8")))
-
-
-def _text(value: str) -> str:
-    return html.escape(value, quote=True)
 
 
 def _ordered_metrics(names: set[str]) -> list[str]:
     known = [name for name in METRIC_ORDER if name in names]
     return known + sorted(names - set(METRIC_ORDER))
-
-
-def _summary_table(columns: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f'<th scope="col">{_text(column)}</th>' for column in columns)
-    body = "".join(
-        f'<tr><th scope="row">{_text(row[0])}</th>{"".join(f"<td>{_text(cell)}</td>" for cell in row[1:])}'
-        "</tr>"
-        for row in rows
-    )
-    return f'<table id="summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _count_line(shown: int, offered: int) -> str:
@@ -166,89 +214,111 @@ def _count_line(shown: int, offered: int) -> str:
     return f"Showing all {shown:,}."
 
 
-def _controls(cards: list[Card]) -> str:
-    """Sort selects; hidden until the script runs, since without it they would do nothing."""
-    panels = [panel for card in cards for panel in card.panels]
-    if not panels:
-        return ""
-    metrics = _ordered_metrics({name for panel in panels for name in panel.metrics})
-    choices = [*metrics, "probability"]
-    default_metric = "adcc" if "adcc" in choices else choices[0]
-    methods = list(dict.fromkeys(panel.method for panel in panels))
-    metric_options = "".join(
-        f'<option value="{_text(name)}"{" selected" if name == default_metric else ""}>'
-        f"{_text(name.replace('_', ' '))}</option>"
-        for name in choices
-    )
-    method_options = "".join(
-        f'<option value="{_text(method)}"{" selected" if index == 0 else ""}>{_text(method)}</option>'
-        for index, method in enumerate(methods)
-    )
-    method_hidden = " hidden" if len(methods) == 1 else ""
-    return (
-        f'<div id="controls" hidden data-lower-is-better="{" ".join(LOWER_IS_BETTER)}">'
-        f'<label>Sort by <select id="sort-metric">{metric_options}</select></label>'
-        f'<label{method_hidden}>of method <select id="sort-method">{method_options}</select></label>'
-        '<button id="sort-direction" type="button"></button></div>'
-    )
+def _card_classes(card: Card) -> list[str]:
+    names = [panel.class_name for panel in card.panels]
+    return [*names, card.label] if card.label is not None else names
 
 
-def _card(card: Card) -> str:
-    label = f'<p class="label">label <b>{_text(card.label)}</b></p>' if card.label is not None else ""
-    panels = "".join(_panel(panel, card.title) for panel in card.panels)
-    return (
-        f'<article class="card"><h3>{_text(card.title)}</h3>{label}<div class="panels">{panels}</div>'
-        "</article>"
-    )
+def _card_view(card: Card) -> dict[str, Any]:
+    return {
+        "title": card.title,
+        "label": card.label,
+        "predicted": card.predicted,
+        "wrong": card.wrong,
+        "classes": sorted(set(_card_classes(card))),
+        "panels": [_panel_view(panel, card.title) for panel in card.panels],
+    }
 
 
-def _picture(panel: Panel, title: str) -> str:
-    """The thumbnail as an inline image; nothing for a panel without one (merged runs without overlays)."""
-    if not panel.thumbnail:
-        return ""
-    picture = Image.open(io.BytesIO(panel.thumbnail))
-    source = f"data:{Image.MIME[picture.format]};base64,{base64.b64encode(panel.thumbnail).decode('ascii')}"
-    alt = _text(f"{panel.method} heatmap for {panel.class_name} on {title}")
-    return f'<img src="{source}" alt="{alt}" width="{picture.width}" height="{picture.height}">'
-
-
-def _panel(panel: Panel, title: str) -> str:
-    image = _picture(panel, title)
-    if panel.link is not None:
-        image = f'<a href="{_text(quote(panel.link))}">{image}</a>'
+def _panel_view(panel: Panel, title: str) -> dict[str, Any]:
+    """A panel as the template shows it: the thumbnail inline (none for merged runs without overlays)."""
     values = {**panel.metrics, "probability": panel.probability}
-    finite = {name: value if math.isfinite(value) else None for name, value in values.items()}
-    metrics = "".join(
-        f'<div data-metric="{_text(name)}"><dt>{_text(name.replace("_", " "))}</dt>'
-        f"<dd>{panel.metrics[name]:.3f}</dd></div>"
-        for name in _ordered_metrics(set(panel.metrics))
-    )
-    return (
-        f'<figure class="panel" data-method="{_text(panel.method)}"'
-        f' data-values="{_text(json.dumps(finite))}">'
-        f'{image}<figcaption><div class="method">{_text(panel.method)}</div>'
-        f'<div class="class">class <b>{_text(panel.class_name)}</b> &middot; '
-        f'<span data-metric="probability">p = {panel.probability:.3f}</span></div>'
-        f'<dl class="metrics">{metrics}</dl></figcaption></figure>'
-    )
+    view: dict[str, Any] = {
+        "method": panel.method,
+        "link": quote(panel.link) if panel.link is not None else None,
+        "class_name": panel.class_name,
+        "probability": panel.probability,
+        "sort_values": {name: value if math.isfinite(value) else None for name, value in values.items()},
+        "metrics": [(name, panel.metrics[name]) for name in _ordered_metrics(set(panel.metrics))],
+        "source": None,
+    }
+    if panel.thumbnail:
+        picture = Image.open(io.BytesIO(panel.thumbnail))
+        encoded = base64.b64encode(panel.thumbnail).decode("ascii")
+        view |= {
+            "source": f"data:{Image.MIME[picture.format]};base64,{encoded}",
+            "alt": f"{panel.method} heatmap for {panel.class_name} on {title}",
+            "width": picture.width,
+            "height": picture.height,
+        }
+    return view
 
 
-_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>{style}</style>
-</head>
-<body>
-<header><h1>{title}</h1><dl class="facts">{facts}</dl></header>
-<section><h2>Summary</h2>{summary}<div class="notes">{notes}</div></section>
-<section><h2>Gallery</h2><p class="count">{count}</p>{controls}<div id="gallery">{cards}</div></section>
-<script>{script}</script>
-</body>
-</html>
-"""
+def _distributions(charts: Charts | None) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Per method, a histogram of every charted metric it has."""
+    if charts is None:
+        return []
+    views = []
+    for method, bins in charts.histograms.items():
+        means = charts.means.get(method, {})
+        shown = [name for name in CHART_METRICS if sum(bins.get(name, [])) > 0]
+        views.append((method, [_histogram_view(name, bins[name], means.get(name)) for name in shown]))
+    return [(method, histograms) for method, histograms in views if histograms]
+
+
+def _histogram_view(metric: str, counts: list[int], mean: float | None) -> dict[str, Any]:
+    tallest = max(counts) or 1
+    step = 1 / len(counts)
+    bars = [
+        {
+            "x": 10 + 10 * i,
+            "y": round(96 - 86 * count / tallest, 1),
+            "height": round(86 * count / tallest, 1),
+            "count": count,
+            "range": f"{i * step:.2f}-{(i + 1) * step:.2f}",
+        }
+        for i, count in enumerate(counts)
+    ]
+    mean_x = round(10 + 200 * min(max(mean, 0.0), 1.0), 1) if mean is not None else None
+    return {"metric": metric, "bars": bars, "total": sum(counts), "mean": mean, "mean_x": mean_x}
+
+
+def _comparison(charts: Charts | None) -> list[dict[str, Any]]:
+    """One horizontal bar chart per metric, a bar per method (evaluate with several methods)."""
+    if charts is None or not charts.comparison or len(charts.means) < 2:
+        return []
+    left = 7 * max(len(method) for method in charts.means) + 8
+    views = []
+    for metric in CHART_METRICS:
+        values = [(method, means[metric]) for method, means in charts.means.items() if metric in means]
+        if not values:
+            continue
+        bars = [
+            {
+                "method": method,
+                "value": value,
+                "y": 4 + 20 * i,
+                "width": round(160 * min(max(value, 0), 1), 1),
+            }
+            for i, (method, value) in enumerate(values)
+        ]
+        views.append({
+            "metric": metric, "bars": bars, "left": left, "width": left + 210, "height": 8 + 20 * len(bars),
+            "lower_is_better": metric in LOWER_IS_BETTER,
+        })  # fmt: skip
+    return views
+
+
+def _colorbar(colormap: str) -> dict[str, Any]:
+    """The colormap as 11 gradient stops, low to high."""
+    table = colormap_table(colormap)
+    picks = np.linspace(0, len(table) - 1, 11).round().astype(int)
+    colours = ["#{:02x}{:02x}{:02x}".format(*(int(v) for v in table[k][:3])) for k in picks]
+    return {
+        "name": colormap,
+        "stops": [{"offset": f"{i / 10:.1f}", "color": c} for i, c in enumerate(colours)],
+    }
+
 
 _STYLE = """
 :root { color-scheme: light; --ink: #1f2328; --muted: #59636e; --line: #d1d9e0; --paper: #fff;
@@ -261,9 +331,11 @@ h2 { font-size: 17px; margin: 26px 0 10px; }
 .facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 0; }
 .facts dt { color: var(--muted); }
 .facts dd { margin: 0; overflow-wrap: anywhere; }
+.table-frame { max-width: 100%; overflow-x: auto; }
 #summary { border-collapse: collapse; background: var(--paper); border: 1px solid var(--line); }
-#summary th, #summary td { padding: 5px 12px; border-bottom: 1px solid var(--line); white-space: nowrap; }
-#summary thead th { background: #eef1f4; text-align: right; font-weight: 600; }
+#summary th, #summary td { padding: 5px 10px; border-bottom: 1px solid var(--line); white-space: nowrap; }
+#summary thead th { background: #eef1f4; text-align: right; font-weight: 600; white-space: normal;
+  min-width: 5.5em; vertical-align: bottom; }
 #summary thead th:first-child, #summary tbody th { text-align: left; }
 #summary td { text-align: right; font-variant-numeric: tabular-nums; }
 #summary tbody tr:last-child > * { border-bottom: 0; }
@@ -293,6 +365,26 @@ button { cursor: pointer; }
 .metrics dt { color: var(--muted); }
 .metrics dd { margin: 0; }
 .sorted-by { background: var(--mark); font-weight: 600; }
+.chart-title { font-size: 14px; margin: 18px 0 6px; }
+.chart-method { font-size: 13px; margin: 10px 0 4px; color: var(--muted); }
+.charts { display: flex; flex-wrap: wrap; gap: 10px 18px; }
+.chart { margin: 0; background: var(--paper); border: 1px solid var(--line); border-radius: 6px;
+  padding: 6px; }
+.chart figcaption { font-size: 12px; color: var(--muted); text-align: center; }
+.chart .bar { fill: #6e7781; } .chart .bar.first { fill: #0969da; }
+.chart .axis { stroke: var(--line); } .chart .mean { stroke: #cf222e; stroke-width: 1.5; }
+.chart .tick { font-size: 10px; fill: var(--muted); }
+.failures { border-collapse: collapse; background: var(--paper); border: 1px solid var(--line);
+  font-size: 13px; }
+.failures th, .failures td { padding: 4px 10px; border-bottom: 1px solid var(--line); text-align: left;
+  overflow-wrap: anywhere; }
+.colorbar { margin: 0 0 12px; width: 360px; }
+.colorbar svg { display: block; border-radius: 3px; }
+.colorbar figcaption { display: flex; justify-content: space-between; gap: 8px; font-size: 11px;
+  color: var(--muted); }
+.card.wrong { border-color: #cf222e; box-shadow: inset 3px 0 0 #cf222e; }
+.mark { color: #cf222e; font-weight: 600; }
+.card[hidden] { display: none; }
 """
 
 _SCRIPT = """
@@ -337,6 +429,22 @@ _SCRIPT = """
       ascending = !lowerIsBetter.has(metricSelect.value);
       sortCards();
     };
+    const classSelect = document.getElementById("filter-class");
+    const wrongOnly = document.getElementById("filter-wrong");
+    const shownCount = document.getElementById("shown-count");
+    const filterCards = () => {
+      let shown = 0;
+      cards.forEach((card) => {
+        const classes = JSON.parse(card.dataset.classes);
+        const keep = (!classSelect.value || classes.includes(classSelect.value))
+          && (!wrongOnly.checked || card.dataset.wrong === "1");
+        card.hidden = !keep;
+        shown += keep;
+      });
+      shownCount.textContent = shown === cards.length ? "" : `${shown} of ${cards.length} shown`;
+    };
+    classSelect.addEventListener("change", filterCards);
+    wrongOnly.addEventListener("change", filterCards);
     metricSelect.addEventListener("change", sortWorstFirst);
     methodSelect.addEventListener("change", sortCards);
     directionButton.addEventListener("click", () => {

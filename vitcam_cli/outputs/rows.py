@@ -15,7 +15,7 @@ from vitcam_cli.metrics.adcc import PARTS
 # every per-image metric, in table order (the dataset's adcc_mean is the mean of the rows' adcc)
 ROW_METRICS = (*PARTS, "insertion", "deletion", "pointing_game", "energy_in_box")
 EXPLAIN_COLUMNS = (
-    "path", "status", "error", "class_index", "class_name", "probability", "rank", "overlay", "map",
+    "path", "status", "error", "method", "class_index", "class_name", "probability", "rank", "overlay", "map",
     "width", "height", *PARTS,
 )  # fmt: skip
 EVALUATE_COLUMNS = (

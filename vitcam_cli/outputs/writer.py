@@ -6,6 +6,7 @@ core, between the engine's turns on a CPU (see ``Turns``); at most ``MAX_PENDING
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import deque
@@ -47,7 +48,7 @@ def output_name(item: ImageItem, class_index: int, several: bool, suffix: str) -
 
 
 def explained_rows(
-    image: ImageResult, output: MethodOutput, class_names: list[str], outputs: Outputs
+    image: ImageResult, output: MethodOutput, class_names: list[str], outputs: Outputs, method: str
 ) -> list[Row]:
     """One row per explained class of ``image``."""
     several = len(output.classes) > 1
@@ -59,6 +60,7 @@ def explained_rows(
         rows.append(
             Row(
                 path=str(image.item.path),
+                method=method,
                 class_index=class_index,
                 class_name=class_names[class_index],
                 probability=output.probabilities[t],
@@ -88,7 +90,9 @@ class ExplainWriter:
         method: str,
         class_names: list[str],
         turns: Turns,
+        labelled: bool = False,
     ) -> None:
+        """``labelled``: the explained classes are the images' labels (cards mark wrong predictions)."""
         self.out = out
         self.manifest = manifest
         self.emit = emit
@@ -96,6 +100,7 @@ class ExplainWriter:
         self.method = method
         self.class_names = class_names
         self.turns = turns
+        self.labelled = labelled
         self.pool = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="vitcam-writer")
         self.pending: deque[Future[list[Row]]] = deque()
         self.gallery = Gallery(limit=GALLERY_LIMIT)  # the report's worst and best rows by ADCC
@@ -103,13 +108,14 @@ class ExplainWriter:
 
     def failed(self, item: ImageItem, message: str) -> None:
         future: Future[list[Row]] = Future()
-        future.set_result([Row.failed(str(item.path), message)])
+        future.set_result([Row.failed(str(item.path), message, self.method)])
         self._enqueue(future)
 
     def explained(self, image: ImageResult) -> None:
         output = image.methods[self.method]
-        rows = explained_rows(image, output, self.class_names, self.outputs)
-        self._enqueue(self.pool.submit(self._write, image, list(output.maps), rows))
+        rows = explained_rows(image, output, self.class_names, self.outputs, self.method)
+        predicted = self.class_names[output.predicted]
+        self._enqueue(self.pool.submit(self._write, image, list(output.maps), rows, predicted))
 
     def _enqueue(self, future: Future[list[Row]]) -> None:
         self.pending.append(future)
@@ -136,7 +142,9 @@ class ExplainWriter:
         overlay = self.outputs.overlay
         return render_overlay(image.copy, saliency, image.view, overlay.colormap, overlay.alpha)
 
-    def _write(self, image: ImageResult, maps: list[torch.Tensor], rows: list[Row]) -> list[Row]:
+    def _write(
+        self, image: ImageResult, maps: list[torch.Tensor], rows: list[Row], predicted: str
+    ) -> list[Row]:
         """Render, encode and write each row's overlay (and map); without an overlay file
         (``--no-overlays``) a row is rendered only when the report's gallery keeps it."""
         self.turns.wait()
@@ -148,10 +156,13 @@ class ExplainWriter:
             if row.map:
                 raw = saliency.numpy().astype(np.float32)
                 write_atomic(self.out / row.map, lambda handle, raw=raw: np.save(handle, raw))
-            self._offer(row, lambda s=saliency, r=rendered: self._render(image, s) if r is None else r)
+            self._offer(row, functools.partial(self._picture, image, saliency, rendered), predicted)
         return rows
 
-    def _offer(self, row: Row, render: Callable[[], np.ndarray]) -> None:
+    def _picture(self, image: ImageResult, saliency: torch.Tensor, rendered: np.ndarray | None) -> np.ndarray:
+        return self._render(image, saliency) if rendered is None else rendered
+
+    def _offer(self, row: Row, render: Callable[[], np.ndarray], predicted: str) -> None:
         """Offer the row to the report's gallery, sorted by ADCC (by probability without ADCC)."""
 
         def card() -> Card:
@@ -160,6 +171,8 @@ class ExplainWriter:
             panel = Panel(
                 self.method, picture, row.overlay, row.class_name or "", row.probability or 0.0, metrics
             )
+            if self.labelled:
+                return Card(row.path, row.class_name, [panel], predicted)
             return Card(row.path, None, [panel])
 
         value = row.metrics.get("adcc", row.probability)
