@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitcam_cli.evaluate import EvaluateOptions, run_evaluate
-
+from vitcam_cli.commands.evaluate import Evaluate, EvaluateOptions
 from vitcam_cli.metrics.aggregate import METRICS
 from vitcam_cli.models import ModelSpec
+from vitcam_cli.runner import RunSettings, run_command
 
 sys.path.insert(0, str(Path(__file__).parent / "fashion_scenes"))
 from build import FashionScenes, default_photo_paths, write_split
@@ -54,10 +54,10 @@ def evaluate(
     """``vitcam evaluate`` in this process; returns metrics.json."""
     options = EvaluateOptions(
         data=data, model=ModelSpec(model), labels=data / "labels.csv", boxes=data / "boxes.csv",
-        target="label", methods=methods, steps=steps, batch_size=25, out=out, workers=1, quiet=True,
-        bootstrap=bootstrap,
+        target="label", methods=methods, steps=steps, out=out, bootstrap=bootstrap,
+        run=RunSettings(batch_size=25, workers=1),
     )  # fmt: skip
-    run_evaluate(options)
+    run_command(Evaluate(options), None, "cpu", quiet=True)
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -85,10 +85,11 @@ def cell(values: dict[str, Any], column: str, bold: bool) -> str:
     return text + (f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
 
 
-def markdown(metrics: dict[str, Any], title: str, rule: bool = True) -> str:
-    """The table; bold marks the best value per column; optionally the default rule's verdict."""
+def markdown(metrics: dict[str, Any], title: str, rule: bool = True, columns: list[str] | None = None) -> str:
+    """The table (of ``columns``, default all); bold marks the best value per column; optionally the
+    default rule's verdict."""
     methods = metrics["methods"]
-    columns = [c for c in COLUMNS if any(methods[m].get(c) is not None for m in methods)]
+    columns = [c for c in columns or COLUMNS if all(methods[m].get(c) is not None for m in methods)]
     best = {
         column: (min if column in LOWER_IS_BETTER else max)(methods, key=lambda m, c=column: methods[m][c])
         for column in columns

@@ -25,11 +25,15 @@ def naive_scores(model, image, target, settings: ReciproCAMSettings, block_offse
     depth = len(model.blocks)
     t = settings.target_block % depth - block_offset
     x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(image))))
+    first = x.clone()
     for block in model.blocks[:t]:
         x = block(x)
     block = model.blocks[t]
-    features = block.norm1(x)
     prefix = model.num_prefix_tokens
+    if settings.prefix != "keep":  # the prefix tokens as the first block received them, or zero
+        x = x.clone()
+        x[:, :prefix] = first[:, :prefix] if settings.prefix == "reset" else 0.0
+    features = block.norm1(x)
     rows, cols = model.patch_embed.grid_size
 
     def score_of(weight: torch.Tensor) -> float:
@@ -226,13 +230,21 @@ REFINEMENTS = [
     for block, skip in ((-1, "ln"), (-1, "input"), (-2, "masked-input"))
     for score, subtract, fuse in (("contrast", "none", 1), ("softmax", "empty", 1), ("logit", "none", 2),
                                   ("contrast", "empty", 2))
+] + [
+    ReciproCAMSettings(target_block=block, skip=skip, score=score, fuse=fuse, prefix=prefix)
+    for block, skip, score, fuse, prefix in (
+        (-1, "masked-input", "logit", 1, "reset"), (-1, "ln", "softmax", 2, "reset"),
+        (-2, "input", "softmax", 1, "reset"), (-1, "masked-input", "logit", 1, "zero"),
+    )
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("engine", ["dense", "fast"])
 @pytest.mark.parametrize("family", ["cls", "avg", "registers"])
 @pytest.mark.parametrize(
-    "settings", REFINEMENTS, ids=lambda s: f"{s.target_block}-{s.skip}-{s.score}-{s.subtract}-fuse{s.fuse}"
+    "settings",
+    REFINEMENTS,
+    ids=lambda s: f"{s.target_block}-{s.skip}-{s.score}-{s.subtract}-fuse{s.fuse}-prefix-{s.prefix}",
 )
 @torch.inference_mode()
 def test_refinements_equal_naive_reference(engine, family, settings):

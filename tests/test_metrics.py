@@ -14,7 +14,7 @@ from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM
 from vitcam_cli.metrics.adcc import adcc_parts, scale_to_input
 from vitcam_cli.metrics.aggregate import Totals
 from vitcam_cli.metrics.insertion_deletion import area_under, curves
-from vitcam_cli.metrics.localization import boxes_mask, energy_in_box, pointing_game
+from vitcam_cli.metrics.localization import BoxMasks, discrimination, energy_in_box, pointing_game
 from vitcam_cli.metrics.measure import MetricSettings, measure
 
 
@@ -140,11 +140,30 @@ def test_pointing_game_and_energy_in_box():
     saliency[0, 2, 3] = 1.0  # peak inside the box
     saliency[1, 8, 8] = 1.0  # peak outside
     saliency[1, 2, 3] = 0.5
-    mask = boxes_mask([[(2.0, 1.0, 5.0, 4.0)], [(2.0, 1.0, 5.0, 4.0)]], (10, 10))
+    box = ((2.0, 1.0, 5.0, 4.0), None)
+    mask, every, labelled = BoxMasks.build([[box], [box]], (10, 10)).for_classes(torch.tensor([[0], [3]]))
     assert mask[0].sum() == 9 and bool(mask[0, 2, 3]) and not bool(mask[0, 4, 3])
+    assert torch.equal(mask, every) and not labelled.any()  # unlabelled boxes count for every class
     assert pointing_game(saliency, mask).tolist() == [1.0, 0.0]
     assert energy_in_box(saliency, mask).tolist() == pytest.approx([1.0, 0.5 / 1.5])
     assert energy_in_box(torch.zeros(1, 10, 10), mask[:1]).tolist() == [0.0]
+
+
+def test_labelled_boxes_make_the_metrics_class_specific():
+    """Two objects, classes 4 (left box) and 7 (right box); explained: 4, 7, and 1 (not in the image)."""
+    boxes = BoxMasks.build([[((0.0, 0.0, 5.0, 10.0), 4), ((5.0, 0.0, 10.0, 10.0), 7)]], (10, 10))
+    target, every, labelled = boxes.for_classes(torch.tensor([[4, 7, 1]]))
+    assert labelled.tolist() == [True, True, True] and every.all()
+    assert target[0, :, :5].all() and not target[0, :, 5:].any() and target[1, :, 5:].all()
+    saliency = torch.zeros(3, 10, 10)
+    saliency[:, :, :5] = 3.0  # the same map for every class: the left object lit 3x the right one
+    saliency[:, :, 5:] = 1.0
+    assert pointing_game(saliency, target).tolist()[:2] == [1.0, 0.0]
+    assert discrimination(saliency, target, every, labelled).tolist()[:2] == pytest.approx([0.75, 0.25])
+    for value in (pointing_game(saliency, target)[2], discrimination(saliency, target, every, labelled)[2]):
+        assert torch.isnan(value)  # class 1 has no box here: the metric does not apply
+    unlabelled = BoxMasks.build([[((0.0, 0.0, 5.0, 10.0), None)]], (10, 10)).for_classes(torch.tensor([[4]]))
+    assert torch.isnan(discrimination(saliency[:1], *unlabelled)).all()
 
 
 @torch.inference_mode()

@@ -18,19 +18,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from vitcam_cli.data import Box, DecodePlan
-from vitcam_cli.defaults import DEFAULT_ALPHA, DEFAULT_COLORMAP, DEFAULT_METHOD, DEFAULT_OVERLAY_SIDE
+from vitcam_cli.data import DecodePlan
+from vitcam_cli.defaults import (
+    DEFAULT_ALPHA,
+    DEFAULT_COLORMAP,
+    DEFAULT_METHOD,
+    DEFAULT_OVERLAY_SIDE,
+    PROTOCOLS,
+)
 from vitcam_cli.errors import ParameterError, VitcamError
 from vitcam_cli.methods.base import ClassChooser, Explanation
 from vitcam_cli.methods.factory import canonical_name, create_method
 from vitcam_cli.metrics.adcc import scale_to_input
-from vitcam_cli.metrics.localization import boxes_mask
+from vitcam_cli.metrics.localization import BoxMasks
 from vitcam_cli.metrics.measure import MetricSettings, measure
 from vitcam_cli.models import LoadedModel, ModelSpec, read_class_names, wrap_model
 from vitcam_cli.outputs.overlay import render_overlay, view_in
@@ -167,12 +174,18 @@ class Explainer:
         insertion_deletion: bool = False,
         steps: int = 20,
         baseline: str = "blur",
-        boxes: Sequence[Sequence[Box]] | None = None,
+        boxes: Sequence[Sequence[Sequence[Any]]] | None = None,
+        protocol: str = "poppi",
     ) -> dict[str, Tensor]:
         """Faithfulness (ADCC and its parts; insertion and deletion AUC on request) and, with ``boxes``
         (x1, y1, x2, y2 in the original's pixels, per image), the pointing game and energy-in-box: each a
-        (B, T) tensor, as the command line computes them."""
-        settings = MetricSettings(insertion_deletion=insertion_deletion, steps=steps, baseline=baseline)
+        (B, T) tensor, as the command line computes them. ``protocol`` "authors": the ViT-ReciproCAM
+        authors' ADCC and insertion/deletion (see ``vitcam_cli.metrics.authors``)."""
+        if protocol not in PROTOCOLS:
+            raise ParameterError("protocol", f"use one of {', '.join(PROTOCOLS)}", protocol)
+        settings = MetricSettings(
+            insertion_deletion=insertion_deletion, steps=steps, baseline=baseline, protocol=protocol
+        )
         inside = self._inside(result, boxes) if boxes is not None else None
         with torch.inference_mode(), autocast(self.precision, self.device):
             values = measure(self.method, self.loaded.model, result.inputs, result.raw, settings, inside)
@@ -226,12 +239,16 @@ class Explainer:
         chosen = tuple(dict.fromkeys(self.loaded.resolve_class(str(value)) for value in classes or ()))
         return TargetRequest(top_k=top_k or 1, classes=chosen).chooser()
 
-    def _inside(self, result: Explanations, boxes: Sequence[Sequence[Box]]) -> Tensor:
+    def _inside(self, result: Explanations, boxes: Sequence[Sequence[Sequence[Any]]]) -> BoxMasks:
+        """Boxes per image: (x1, y1, x2, y2) in the original's pixels, or (x1, y1, x2, y2, label) with a
+        class index or name: labelled boxes make the localisation metrics class-specific."""
         if len(boxes) != len(result.sources):
             raise ParameterError("boxes", f"needs one list of boxes per image ({len(result.sources)})")
         size = (result.inputs.shape[-2], result.inputs.shape[-1])
-        moved = [
-            input_boxes(list(image_boxes), source.view, size, *source.size)
-            for image_boxes, source in zip(boxes, result.sources, strict=True)
-        ]
-        return boxes_mask(moved, size, self.device)
+        moved = []
+        for image, source in zip(boxes, result.sources, strict=True):
+            corners = [(float(box[0]), float(box[1]), float(box[2]), float(box[3])) for box in image]
+            placed = input_boxes(corners, source.view, size, *source.size)
+            labels = [self.loaded.resolve_class(str(box[4])) if len(box) > 4 else None for box in image]
+            moved.append(list(zip(placed, labels, strict=True)))
+        return BoxMasks.build(moved, size, self.device)

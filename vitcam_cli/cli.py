@@ -166,7 +166,8 @@ VariantOption = Annotated[
 METHOD_FORMS = (
     "reciprocam[:PRESET[:OPTIONS]] with PRESET official, otx or openvino-xai and OPTIONS comma-separated "
     "kernel=gaussian|single, block=N, skip=ln|masked-input|input, score=softmax|logit|contrast, "
-    "subtract=none|empty, fuse=N (e.g. reciprocam:otx:kernel=single,fuse=2); gradcam; rollout; relevance"
+    "subtract=none|empty, fuse=N, prefix=keep|reset|zero (e.g. reciprocam:otx:kernel=single,fuse=2); "
+    "gradcam; rollout; relevance"
 )
 MethodOption = Annotated[
     str | None,
@@ -203,6 +204,13 @@ SubtractOption = Annotated[
     _method_option(
         "empty: subtract the score of the copy with every patch token masked out and keep the positive part "
         "(only windows that raise the class count). (default: none)"
+    ),
+]
+PrefixOption = Annotated[
+    _choice(D.PREFIXES) | None,
+    _method_option(
+        "What the prefix tokens (CLS, registers) carry into the masked copies: keep = as the image made "
+        "them (the paper), reset = as they entered the first block, zero. (default: keep)"
     ),
 ]
 FuseOption = Annotated[
@@ -416,12 +424,13 @@ def method_overrides(
     score: ScoreOption = None,
     subtract: SubtractOption = None,
     fuse_blocks: FuseOption = None,
+    prefix: PrefixOption = None,
 ) -> dict[str, object]:
     """The ViT-ReciproCAM options given explicitly: they win over the --variant preset."""
     given = {"kernel": kernel, "target_block": target_block, "skip": skip, "score": score}
     return {
         name: value
-        for name, value in (given | {"subtract": subtract, "fuse": fuse_blocks}).items()
+        for name, value in (given | {"subtract": subtract, "fuse": fuse_blocks, "prefix": prefix}).items()
         if value is not None
     }
 
@@ -529,7 +538,8 @@ def explain(
     labels: Annotated[
         Path | None,
         typer.Option(
-            help="CSV 'file,label' (label: index or class name): explain each image's labelled class.",
+            help="CSV 'file,label' (label: index or class name): explain each image's labelled class; "
+            "several rows of one file explain several classes.",
             rich_help_panel=TARGETS,
         ),
     ] = None,
@@ -618,14 +628,19 @@ def evaluate(
     boxes: Annotated[
         Path | None,
         typer.Option(
-            help="CSV 'file,x1,y1,x2,y2' (original-image pixels, x2/y2 exclusive; several rows per file): "
-            "adds the pointing game and energy-in-box.",
+            help="CSV 'file,x1,y1,x2,y2[,label]' (original-image pixels, x2/y2 exclusive; several rows per "
+            "file): adds the pointing game and energy-in-box; with a label column (each box's class) they "
+            "count the explained class's boxes only, and discrimination is added.",
             rich_help_panel=DATA,
         ),
     ] = None,
     target: Annotated[
         _choice(D.TARGETS),
-        typer.Option(help="Explain the predicted class or the labelled one.", rich_help_panel=DATA),
+        typer.Option(
+            help="Explain the predicted class, the labelled one, or (boxes) every class with a labelled box "
+            "in the image, one row per image and class.",
+            rich_help_panel=DATA,
+        ),
     ] = "predicted",
     limit: Annotated[
         int | None,
@@ -642,6 +657,16 @@ def evaluate(
     steps: Annotated[
         int, typer.Option(help="Steps of the insertion/deletion curves.", rich_help_panel=METRICS)
     ] = 20,
+    protocol: Annotated[
+        _choice(D.PROTOCOLS),
+        typer.Option(
+            help="How ADCC and insertion/deletion are computed: poppi (Poppi et al.'s ADCC, insertion/"
+            "deletion over pixel fractions) or authors (the ViT-ReciproCAM authors' code, to reproduce the "
+            "paper's numbers: token-grid complexity and coherency, bicubic unclipped masks, DAUC/IAUC over "
+            "32-pixel cells).",
+            rich_help_panel=METRICS,
+        ),
+    ] = "poppi",
     baseline: Annotated[
         _choice(D.DELETION_BASELINES),
         typer.Option(help="What deleted pixels become: a blurred copy or zeros.", rich_help_panel=METRICS),

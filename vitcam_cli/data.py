@@ -7,8 +7,8 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
@@ -39,6 +39,19 @@ class ImageItem:
     path: Path
     rel: PurePosixPath
     key: PurePosixPath
+    target: int | None = None  # the one class to explain, when the run names it per image
+
+
+def with_targets(items: Sequence[ImageItem], targets: dict[Path, list[int]]) -> list[ImageItem]:
+    """One item per (image, class) to explain, in input order; an image with several classes gets
+    outputs named ``<key>.<class>``. Images without classes in ``targets`` are left out."""
+    expanded = []
+    for item in items:
+        classes = targets.get(item.path, [])
+        for target in classes:
+            key = item.key if len(classes) == 1 else PurePosixPath(f"{item.key}.{target}")
+            expanded.append(replace(item, key=key, target=target))
+    return expanded
 
 
 def absolute(path: Path) -> Path:
@@ -408,35 +421,53 @@ class ItemMatcher:
         )
 
 
-def read_labels(
+def _label_rows(
     path: Path, items: Sequence[ImageItem], resolve: Callable[[str], int]
-) -> dict[Path, int | str]:
-    """Each item's class from a ``file,label`` CSV; an item without a row maps to an error text.
-
-    ``label`` is a class index or name (``resolve`` decides); see ``ItemMatcher`` for ``file``. A file
-    given two different labels is an error naming both lines; a repeated identical row is harmless.
-    """
+) -> Iterator[tuple[int, str, Path, int]]:
+    """(line, file cell, input, class) of every row of a ``file,label`` CSV that names an input."""
     match = ItemMatcher(items, path)
-    found: dict[Path, int] = {}
-    first_line: dict[Path, int] = {}
     for line, row in _read_csv(path, ("file", "label"), "labels"):
         item = match(row["file"])
         if item is None:
             continue
         try:
-            label = resolve(row["label"])
+            yield line, row["file"], item, resolve(row["label"])
         except VitcamError as error:
             raise ParameterError("labels", f"line {line}: {error.template}", path) from error
-        if item in found and found[item] != label:
+
+
+def read_labels(
+    path: Path, items: Sequence[ImageItem], resolve: Callable[[str], int]
+) -> dict[Path, int | str]:
+    """Each item's ground-truth class from a ``file,label`` CSV; an item without a row maps to an error
+    text. ``label`` is a class index or name (``resolve`` decides); see ``ItemMatcher`` for ``file``. A
+    file given two different labels is an error naming both lines; a repeated identical row is harmless.
+    """
+    found: dict[Path, tuple[int, int]] = {}  # the class and the line that gave it
+    for line, cell, item, label in _label_rows(path, items, resolve):
+        if item in found and found[item][0] != label:
             raise ParameterError(
                 "labels",
-                f"lines {first_line[item]} and {line} give {literal(row['file'])} two different labels "
-                f"({found[item]} and {label}); keep one",
+                f"lines {found[item][1]} and {line} give {literal(cell)} two different labels "
+                f"({found[item][0]} and {label}); keep one",
                 path,
             )
-        found[item] = label
-        first_line.setdefault(item, line)
-    return {item.path: found.get(item.path, f"no label for this file in {path}") for item in items}
+        found.setdefault(item, (label, line))
+    missing = f"no label for this file in {path}"
+    return {item.path: found[item.path][0] if item.path in found else missing for item in items}
+
+
+def read_label_lists(
+    path: Path, items: Sequence[ImageItem], resolve: Callable[[str], int]
+) -> dict[Path, list[int]]:
+    """The classes to explain for each item from a ``file,label`` CSV: several rows of one file ask for
+    several classes (in file order, each once). Items without a row are left out."""
+    found: dict[Path, list[int]] = {}
+    for _, _, item, label in _label_rows(path, items, resolve):
+        classes = found.setdefault(item, [])
+        if label not in classes:
+            classes.append(label)
+    return found
 
 
 Box = tuple[float, float, float, float]
@@ -451,6 +482,7 @@ class GroundTruthBox:
     x2: float
     y2: float
     line: int = 0
+    label: int | None = None  # the class of the object in it, when the file says
 
     def clipped(self, width: int, height: int) -> Box | None:
         """The part of the box inside a ``width`` x ``height`` image; None when nothing is left."""
@@ -459,37 +491,53 @@ class GroundTruthBox:
         return (x1, y1, x2, y2) if x1 < x2 and y1 < y2 else None
 
 
-def image_boxes(boxes: Sequence[GroundTruthBox], size: Size) -> list[Box] | str:
-    """An image's boxes clipped to it, or why they cannot be used (one lies wholly outside)."""
+def image_boxes(boxes: Sequence[GroundTruthBox], size: Size) -> list[tuple[Box, int | None]] | str:
+    """An image's boxes clipped to it with their labels, or why they cannot be used (one lies wholly
+    outside the image)."""
     clipped = []
     for box in boxes:
         inside = box.clipped(*size)
         if inside is None:
             where = f"{size[0]}x{size[1]}"
             return f"the box on line {box.line} of the boxes file lies outside the image ({where})"
-        clipped.append(inside)
+        clipped.append((inside, box.label))
     return clipped
 
 
-def read_boxes(path: Path, items: Sequence[ImageItem]) -> dict[Path, list[GroundTruthBox]]:
-    """Ground-truth boxes from a ``file,x1,y1,x2,y2`` CSV (original-image pixels, x2/y2 exclusive);
-    several rows per file allowed. Images without rows get no boxes (and no localisation metrics)."""
+def read_boxes(
+    path: Path, items: Sequence[ImageItem], resolve: Callable[[str], int] | None = None
+) -> dict[Path, list[GroundTruthBox]]:
+    """Ground-truth boxes from a ``file,x1,y1,x2,y2[,label]`` CSV (original-image pixels, x2/y2
+    exclusive); several rows per file allowed. With a ``label`` column (a class index or name, which
+    ``resolve`` turns into an index) every box names the class of its object. Images without rows get no
+    boxes (and no localisation metrics)."""
     match = ItemMatcher(items, path)
     boxes: dict[Path, list[GroundTruthBox]] = {item.path: [] for item in items}
     for line, row in _read_csv(path, ("file", "x1", "y1", "x2", "y2"), "boxes"):
         item = match(row["file"])
         if item is None:
             continue
-        try:
-            x1, y1, x2, y2 = (float(row[key]) for key in ("x1", "y1", "x2", "y2"))
-        except ValueError as error:
-            raise ParameterError("boxes", f"line {line}: coordinates must be numbers", path) from error
-        if not all(math.isfinite(value) for value in (x1, y1, x2, y2)):
-            raise ParameterError("boxes", f"line {line}: coordinates must be finite (no nan or inf)", path)
-        if x2 <= x1 or y2 <= y1:
-            raise ParameterError("boxes", f"line {line}: needs x1 < x2 and y1 < y2", path)
-        boxes[item].append(GroundTruthBox(x1, y1, x2, y2, line))
+        boxes[item].append(_box(row, line, path, resolve))
     return boxes
+
+
+def _box(row: dict[str, str], line: int, path: Path, resolve: Callable[[str], int] | None) -> GroundTruthBox:
+    try:
+        x1, y1, x2, y2 = (float(row[key]) for key in ("x1", "y1", "x2", "y2"))
+    except ValueError as error:
+        raise ParameterError("boxes", f"line {line}: coordinates must be numbers", path) from error
+    if not all(math.isfinite(value) for value in (x1, y1, x2, y2)):
+        raise ParameterError("boxes", f"line {line}: coordinates must be finite (no nan or inf)", path)
+    if x2 <= x1 or y2 <= y1:
+        raise ParameterError("boxes", f"line {line}: needs x1 < x2 and y1 < y2", path)
+    if "label" not in row:
+        return GroundTruthBox(x1, y1, x2, y2, line)
+    if not row["label"] or resolve is None:
+        raise ParameterError("boxes", f"line {line}: the label column needs a class on every row", path)
+    try:
+        return GroundTruthBox(x1, y1, x2, y2, line, resolve(row["label"]))
+    except VitcamError as error:
+        raise ParameterError("boxes", f"line {line}: {error.template}", path) from error
 
 
 def read_class_map(path: Path) -> dict[str, str]:

@@ -12,6 +12,7 @@ KERNELS = ("gaussian", "single")
 SKIPS = ("ln", "masked-input", "input")
 SCORES = ("softmax", "logit", "contrast")
 SUBTRACTS = ("none", "empty")
+PREFIXES = ("keep", "reset", "zero")
 ENGINES = ("auto", "fast", "dense")
 BASELINE_METHODS = ("gradcam", "rollout", "relevance")
 DEFAULT_METHOD = "reciprocam"
@@ -43,10 +44,13 @@ OVERLAY_FORMATS = ("auto", "jpg", "png", "webp")
 DEFAULT_OVERLAY_SIDE = 768
 
 # evaluate
-TARGETS = ("predicted", "label")
+TARGETS = ("predicted", "label", "boxes")
+PROTOCOLS = ("poppi", "authors")  # how ADCC and insertion/deletion are computed
 DELETION_BASELINES = ("blur", "zero")
 # metrics where higher is better: the ones a CI gate (--fail-under) can gate on
-GATE_METRICS = ("adcc", "adcc_mean", "coherency", "insertion", "pointing_game", "energy_in_box")
+GATE_METRICS = (
+    "adcc", "adcc_mean", "coherency", "insertion", "pointing_game", "energy_in_box", "discrimination",
+)  # fmt: skip
 
 # batch sizes: explain writes overlays for every image, evaluate re-runs the model for its metrics
 EXPLAIN_BATCH = 8

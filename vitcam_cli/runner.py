@@ -43,7 +43,7 @@ from vitcam_cli.data import (
 from vitcam_cli.distributed import Shard, process_group, rank_device, torchrun_rank
 from vitcam_cli.errors import ParameterError
 from vitcam_cli.methods.base import ClassChooser, Explanation, SaliencyMethod
-from vitcam_cli.metrics.localization import boxes_mask
+from vitcam_cli.metrics.localization import BoxMasks
 from vitcam_cli.metrics.measure import MetricSettings, measure
 from vitcam_cli.models import LoadedModel
 from vitcam_cli.outputs.lock import OutputLock
@@ -167,8 +167,8 @@ class BatchRun:
 
     def _inside_boxes(
         self, items: list[ImageItem], views: list[View | None], sizes: list[Size]
-    ) -> tuple[Tensor | None, list[str | None]]:
-        """The pixels inside each image's boxes (clipped to the image), and per image why its boxes
+    ) -> tuple[BoxMasks | None, list[str | None]]:
+        """Each image's boxes (clipped to the image) in input pixels, and per image why its boxes
         cannot be used (None when they can)."""
         if self.boxes is None:
             return None, [None] * len(items)
@@ -178,11 +178,12 @@ class BatchRun:
             clipped = image_boxes(self.boxes[item.path], size)
             problems.append(clipped if isinstance(clipped, str) else None)
             boxes = [] if isinstance(clipped, str) else clipped
-            moved.append(input_boxes(boxes, view, input_size, *size))
-        return boxes_mask(moved, input_size, self.device), problems
+            placed = input_boxes([box for box, _ in boxes], view, input_size, *size)
+            moved.append(list(zip(placed, (label for _, label in boxes), strict=True)))
+        return BoxMasks.build(moved, input_size, self.device), problems
 
     def _run_method(
-        self, name: str, method: SaliencyMethod, images: Tensor, choose: ClassChooser, inside: Tensor | None
+        self, name: str, method: SaliencyMethod, images: Tensor, choose: ClassChooser, inside: BoxMasks | None
     ) -> tuple[list[MethodOutput], list[str | None]]:
         """Per image: the method's output, and why it cannot be used (None when it can)."""
         explanation = self.clock.call(name, method, images, choose)

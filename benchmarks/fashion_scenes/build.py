@@ -23,6 +23,11 @@ Usage::
 
 writes ``DIR/images/<split>_<index:05d>.png``, ``DIR/labels.csv`` (``file,label``: class name) and
 ``DIR/boxes.csv`` (``file,x1,y1,x2,y2``: pixels of the 112x112 image, x2 and y2 exclusive).
+
+``--objects 2`` makes the two-garment variant (``FashionScenes.two_garments``): one garment in each
+half, of two different classes, and ``DIR/boxes.csv`` with a ``label`` column naming each box's class::
+
+    python benchmarks/fashion_scenes/build.py --split test --objects 2 --count 200 --out DIR
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ CLASS_NAMES = (
 )
 IMAGE_SIZE = 112
 GARMENT_SIZE = (56, 100)  # inclusive range of the pasted garment's side, px
+TWO_GARMENT_SIZE = (44, 56)  # in two-garment scenes: each garment fits its half of the image
 POSITION_JITTER = 16  # px the garment's centre may move from the image centre, each way
 BACKGROUND_CONTRAST = 0.5  # the photo's contrast around mid-grey: still a real scene, the garment stands out
 CROP_FRACTION = (0.3, 1.0)  # background crop side, as a fraction of the photo half's shorter side
@@ -158,36 +164,74 @@ class FashionScenes:
             raise IndexError(f"index {index} out of range for {self.length} samples")
         rng = np.random.default_rng([self.seed, SPLITS[self.split][1], index])
         garment = index % len(self.garments)
+        canvas = self._background(rng)
+        size = int(rng.integers(GARMENT_SIZE[0], GARMENT_SIZE[1] + 1))
+        box = self._paste(canvas, garment, size, (IMAGE_SIZE - size) / 2, (IMAGE_SIZE - size) / 2, rng)
+        return Image.fromarray(np.rint(canvas).astype(np.uint8)), int(self.labels[garment]), box
 
+    def two_garments(self, index: int) -> tuple[Image.Image, list[tuple[int, tuple[int, int, int, int]]]]:
+        """Scene ``index`` of the two-garment variant: one garment in each half of the image, of two
+        different classes, 44-56 px; returns the image and each garment's (label, box), left first.
+
+        Drawn from its own seeds (``(seed, split, index, 2)``): no two-garment scene repeats a
+        one-garment scene's background or placement.
+        """
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} samples")
+        rng = np.random.default_rng([self.seed, SPLITS[self.split][1], index, 2])
+        first = index % len(self.garments)
+        others = np.flatnonzero(self.labels != self.labels[first])
+        second = int(others[rng.integers(len(others))])
+        canvas = self._background(rng)
+        objects = []
+        for half, garment in enumerate(rng.permutation([first, second])):
+            size = int(rng.integers(TWO_GARMENT_SIZE[0], TWO_GARMENT_SIZE[1] + 1))
+            centre_x = half * IMAGE_SIZE / 2 + (IMAGE_SIZE / 2 - size) / 2
+            box = self._paste(canvas, int(garment), size, centre_x, (IMAGE_SIZE - size) / 2, rng, half)
+            objects.append((int(self.labels[garment]), box))
+        return Image.fromarray(np.rint(canvas).astype(np.uint8)), objects
+
+    def _background(self, rng: np.random.Generator) -> np.ndarray:
+        """A random square crop of a random photo at the image size, contrast reduced, as float RGB."""
         photo = self.backgrounds[rng.integers(len(self.backgrounds))]
         side = max(1, round(rng.uniform(*CROP_FRACTION) * min(photo.size)))
         x0, y0 = rng.integers(photo.width - side + 1), rng.integers(photo.height - side + 1)
         background = photo.crop((x0, y0, x0 + side, y0 + side)).resize(
             (IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR
         )
+        return 127.5 + BACKGROUND_CONTRAST * (np.asarray(background, dtype=np.float32) - 127.5)
 
-        size = int(rng.integers(GARMENT_SIZE[0], GARMENT_SIZE[1] + 1))
+    def _paste(
+        self,
+        canvas: np.ndarray,
+        garment: int,
+        size: int,
+        centre_x: float,
+        centre_y: float,
+        rng: np.random.Generator,
+        half: int | None = None,
+    ) -> tuple[int, int, int, int]:
+        """Blend a tinted garment of ``size`` px onto ``canvas`` near (``centre_x``, ``centre_y``), its top
+        left corner; within one half of the image when ``half`` is given. Returns its visible box."""
         mask = Image.fromarray(self.garments[garment]).resize((size, size), Image.BILINEAR)
         intensity = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
         alpha = np.minimum(1.0, intensity * OPACITY_GAIN)
         tint = 255.0 * np.array(
             colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.35, 1.0), rng.uniform(0.6, 1.0))
         )
-        centre = (IMAGE_SIZE - size) / 2
-        low = max(0, round(centre - POSITION_JITTER))
-        high = min(IMAGE_SIZE - size, round(centre + POSITION_JITTER))
-        left, top = (int(v) for v in rng.integers(low, high + 1, size=2))
-
-        canvas = 127.5 + BACKGROUND_CONTRAST * (np.asarray(background, dtype=np.float32) - 127.5)
+        x_range = (
+            (0, IMAGE_SIZE - size)
+            if half is None
+            else (half * IMAGE_SIZE // 2, (half + 1) * IMAGE_SIZE // 2 - size)
+        )
+        left = int(rng.integers(*_jittered(centre_x, x_range)))
+        top = int(rng.integers(*_jittered(centre_y, (0, IMAGE_SIZE - size))))
         region = canvas[top : top + size, left : left + size]
         # colour = tint x grey level: dark seams and edges stay dark
         region[...] = (1.0 - alpha) * region + alpha * (intensity * tint)
-        image = Image.fromarray(np.rint(canvas).astype(np.uint8))
-
         visible = alpha[..., 0] > VISIBLE_ALPHA
         rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
-        box = (left + int(cols[0]), top + int(rows[0]), left + int(cols[-1]) + 1, top + int(rows[-1]) + 1)
-        return image, int(self.labels[garment]), box
+        return left + int(cols[0]), top + int(rows[0]), left + int(cols[-1]) + 1, top + int(rows[-1]) + 1
 
     def first_of_each_class(self, per_class: int) -> list[int]:
         """The first ``per_class`` sample indices of every class, in index order (a balanced small set)."""
@@ -197,6 +241,13 @@ class FashionScenes:
             for i in np.flatnonzero(self.labels == label)[:per_class]
         ]
         return sorted(chosen)
+
+
+def _jittered(centre: float, bounds: tuple[int, int]) -> tuple[int, int]:
+    """The [low, high + 1) range of positions up to POSITION_JITTER from ``centre`` within ``bounds``."""
+    low = max(bounds[0], round(centre - POSITION_JITTER))
+    high = min(bounds[1], round(centre + POSITION_JITTER))
+    return low, max(low, high) + 1
 
 
 def write_split(scenes: FashionScenes, indices: Sequence[int], out: Path) -> None:
@@ -217,13 +268,33 @@ def write_split(scenes: FashionScenes, indices: Sequence[int], out: Path) -> Non
             boxes.writerow([name, *box])
 
 
+def write_two_garment_split(scenes: FashionScenes, indices: Sequence[int], out: Path) -> None:
+    """Write two-garment scenes and ``boxes.csv`` with a ``label`` column (each garment's class name);
+    there is no labels.csv: each scene holds two classes."""
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    with (out / "boxes.csv").open("w", newline="") as boxes_file:
+        boxes = csv.writer(boxes_file)
+        boxes.writerow(["file", "x1", "y1", "x2", "y2", "label"])
+        for index in indices:
+            image, objects = scenes.two_garments(index)
+            name = f"images/{scenes.split}_two_{index:05d}.png"
+            image.save(out / name)
+            for label, box in objects:
+                boxes.writerow([name, *box, CLASS_NAMES[label]])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", choices=sorted(SPLITS), required=True)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--count", type=int, help="write samples 0..N-1 (default: the whole split)")
     which.add_argument("--per-class", type=int, metavar="K", help="write the first K samples of each class")
+    which.add_argument("--range", nargs=2, type=int, metavar=("START", "STOP"), help="samples START..STOP-1")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--objects", type=int, choices=(1, 2), default=1,
+        help="garments per scene: 2 puts one in each half, of two different classes, with labelled boxes",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="base seed (non-negative)")
     parser.add_argument("--fashion-mnist", type=Path, default=DEFAULT_FASHION_MNIST, metavar="DIR")
     args = parser.parse_args(argv)
@@ -235,12 +306,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"build.py: {error}")
     if args.per_class is not None:
         indices = scenes.first_of_each_class(args.per_class)
+    elif args.range is not None:
+        start, stop = args.range
+        if not 0 <= start < stop <= len(scenes):
+            parser.error(f"--range must satisfy 0 <= START < STOP <= {len(scenes)}")
+        indices = list(range(start, stop))
     else:
         count = len(scenes) if args.count is None else args.count
         if not 0 < count <= len(scenes):
             parser.error(f"--count must be between 1 and {len(scenes)}")
         indices = list(range(count))
-    write_split(scenes, indices, args.out)
+    (write_two_garment_split if args.objects == 2 else write_split)(scenes, indices, args.out)
     print(f"wrote {len(indices)} {args.split} images to {args.out}")
 
 

@@ -35,8 +35,9 @@ from vitcam_cli.data import (
     read_boxes,
     read_class_map,
     read_labels,
+    with_targets,
 )
-from vitcam_cli.defaults import DELETION_BASELINES, EVALUATE_BATCH, GATE_METRICS, TARGETS
+from vitcam_cli.defaults import DELETION_BASELINES, EVALUATE_BATCH, GATE_METRICS, PROTOCOLS, TARGETS
 from vitcam_cli.distributed import Shard, collect_shards, input_record
 from vitcam_cli.errors import ParameterError, VitcamError, render
 from vitcam_cli.methods.base import ClassChooser
@@ -84,6 +85,7 @@ class EvaluateOptions:
     save_overlays: bool = False
     overlay: OverlaySettings = field(default_factory=OverlaySettings)
     insertion_deletion: bool = True
+    protocol: str = "poppi"  # or "authors": the ViT-ReciproCAM authors' ADCC and DAUC/IAUC
     steps: int = 20
     baseline: str = "blur"
     fail_under: float | None = None
@@ -101,6 +103,7 @@ class EvaluateOptions:
         )
         checks = [
             ("target", self.target in TARGETS, f"use one of {targets}", self.target),
+            ("protocol", self.protocol in PROTOCOLS, f"use one of {', '.join(PROTOCOLS)}", self.protocol),
             ("baseline", self.baseline in DELETION_BASELINES, f"use one of {baselines}", self.baseline),
             ("bootstrap", self.bootstrap >= 0, "must be 0 (none) or a number of draws", self.bootstrap),
             ("steps", self.steps >= 1, "must be at least 1", self.steps),
@@ -141,12 +144,23 @@ def _chooser(
     """The classes a batch's images are explained for: the prediction, or the ground truth."""
 
     def targets(items: list[ImageItem]) -> ClassChooser:
+        if target == "boxes":
+            classes = torch.tensor([int(item.target or 0) for item in items])
+            return lambda logits: classes.to(logits.device).view(-1, 1)
         if target == "label" and truth_of is not None:
             truth = torch.tensor([int(truth_of[item.path]) for item in items])
             return lambda logits: truth.to(logits.device).view(-1, 1)
         return lambda logits: logits.argmax(-1, keepdim=True)
 
     return targets
+
+
+PROTOCOL_NOTES = {
+    "poppi": "poppi: ADCC on bilinearly upsampled, clipped maps (Poppi et al., 2021); insertion/deletion "
+    "over pixel fractions (Petsiuk et al., 2018)",
+    "authors": "authors: the ViT-ReciproCAM authors' code: ADCC with token-grid complexity and coherency "
+    "and a bicubic, unclipped mask; DAUC/IAUC over 32-pixel cells",
+}
 
 
 class MetricTotals:
@@ -289,7 +303,7 @@ class EvaluationGallery:
         if isinstance(boxes, str) or not boxes:
             return overlay
         scale = (overlay.shape[1] / image.size[0], overlay.shape[0] / image.size[1])
-        moved = [(a * scale[0], b * scale[1], c * scale[0], d * scale[1]) for a, b, c, d in boxes]
+        moved = [(a * scale[0], b * scale[1], c * scale[0], d * scale[1]) for (a, b, c, d), _ in boxes]
         return draw_boxes(overlay, moved)
 
 
@@ -354,22 +368,23 @@ class Evaluate:
                 "{target} label needs ground truth: pass {labels} FILE.csv or an ImageFolder tree"
             )
         inputs = input_record(items)
+        boxes = read_boxes(options.boxes, items, loaded.resolve_class) if options.boxes else None
+        items, unusable = self._work(items, truth_of, boxes)
         items = shard.take(items) if shard is not None else items
-        boxes = read_boxes(options.boxes, items) if options.boxes else None
         ensure_writable(options.out)
-        run = self._batch_run(items, loaded, names, truth_of, boxes, device)
+        runnable = [item for item in items if item not in unusable]
+        run = self._batch_run(runnable, loaded, names, truth_of, boxes, device)
         totals = MetricTotals(names, truth_of, len(items), boxes)
         gallery = EvaluationGallery(options, loaded, truth_of, boxes)
         suffix = shard.suffix if shard else ""
         progress = progress_bar(Console(stderr=True, quiet=quiet), "evaluating", quiet)
         task = progress.add_task("evaluate", total=len(items))
-        unlabelled = {path: truth for path, truth in (truth_of or {}).items() if isinstance(truth, str)}
         with atomic_text_stream(options.out / f"per_image{suffix}.csv") as handle, progress:
             sinks = [totals, PerImageRows(handle, options, loaded, truth_of), gallery]
             for item in items:
-                if item.path in unlabelled:  # the labels file has no row for it
+                if item in unusable:  # no label, or no labelled box, for it
                     for sink in sinks:
-                        sink.failed(item, unlabelled[item.path])
+                        sink.failed(item, unusable[item])
                     progress.advance(task)
             run.stream(sinks, lambda count: progress.advance(task, count))
         return Part(
@@ -385,6 +400,30 @@ class Evaluate:
             failures=gallery.failures,
         )
 
+    def _work(
+        self,
+        items: list[ImageItem],
+        truth_of: dict[Path, int | str] | None,
+        boxes: dict[Path, list[GroundTruthBox]] | None,
+    ) -> tuple[list[ImageItem], dict[ImageItem, str]]:
+        """What to explain: every image, or with ``target`` boxes every (image, class with a labelled
+        box); and the items that fail before decoding, with why (no label, no labelled box)."""
+        failed = {item: text for item in items if isinstance(text := (truth_of or {}).get(item.path), str)}
+        if self.options.target != "boxes":
+            return items, failed
+        if boxes is None or not any(box.label is not None for found in boxes.values() for box in found):
+            raise VitcamError("{target} boxes needs {boxes} FILE.csv with a label column (each box's class)")
+        classes = {path: list(dict.fromkeys(box.label for box in found)) for path, found in boxes.items()}
+        work = [*with_targets(items, classes), *(item for item in items if not classes.get(item.path))]
+        no_label = {item.path: text for item, text in failed.items()}
+        no_box = f"no labelled box for this file in {self.options.boxes}"
+        failed = {
+            item: no_box if item.target is None else no_label[item.path]
+            for item in work
+            if item.target is None or item.path in no_label
+        }
+        return sorted(work, key=lambda item: (str(item.key), item.target or 0)), failed
+
     def _batch_run(
         self,
         items: list[ImageItem],
@@ -397,7 +436,7 @@ class Evaluate:
         options = self.options
         settings = options.run
         return BatchRun(
-            items=[item for item in items if not isinstance((truth_of or {}).get(item.path), str)],
+            items=items,
             loaded=loaded,
             methods={
                 name: create_method(name, loaded, settings.mask_batch, settings.engine) for name in names
@@ -410,6 +449,7 @@ class Evaluate:
                 steps=options.steps,
                 baseline=options.baseline,
                 forward_batch=max(2 * settings.batch_size, 32),
+                protocol=options.protocol,
             ),
             overlay_side=options.overlay.size if options.save_overlays else THUMBNAIL_SIDE,
             boxes=boxes,
@@ -431,6 +471,7 @@ class Evaluate:
             "model": loaded.info,
             "methods": names,
             "settings": {
+                "protocol": options.protocol,
                 "insertion_deletion": options.insertion_deletion,
                 "steps": options.steps,
                 "baseline": options.baseline,
@@ -616,8 +657,10 @@ def _table(metrics: dict[str, Any], names: list[str]) -> Table:
     columns = _columns(metrics, names)
     dataset = metrics["dataset"]
     accuracy = metrics["methods"][names[0]]["accuracy"]
-    title = f"vitcam evaluate: {dataset['evaluated']} images, target {metrics['target']}" + (
-        f", accuracy {accuracy:.3f}" if accuracy is not None else ""
+    protocol = metrics["settings"].get("protocol", "poppi")
+    title = (
+        f"vitcam evaluate: {dataset['evaluated']} images, target {metrics['target']}, "
+        f"{protocol} protocol" + (f", accuracy {accuracy:.3f}" if accuracy is not None else "")
     )
     # metrics down, methods across: long method names break at ':' and ',', never cut at 120 columns
     table = Table(title=title, title_justify="left")
@@ -659,6 +702,7 @@ def _write_report(
         ("model", metrics["model"]["model"]),
         ("images", f"{dataset['evaluated']} evaluated, {dataset['failed']} failed"),
         ("target", metrics["target"]),
+        ("protocol", PROTOCOL_NOTES[metrics["settings"].get("protocol", "poppi")]),
         ("device", f"{metrics['device']} {metrics['precision']}"),
     ]
     if "without_boxes" in dataset:

@@ -19,7 +19,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from vitcam_cli.data import IMAGE_EXTENSIONS, ImageItem, discover, output_folders, read_labels, read_path_list
+from vitcam_cli.data import (
+    IMAGE_EXTENSIONS,
+    ImageItem,
+    discover,
+    output_folders,
+    read_label_lists,
+    read_path_list,
+    with_targets,
+)
 from vitcam_cli.defaults import DEFAULT_PRESET, EXPLAIN_BATCH, PRESET_NAMES
 from vitcam_cli.distributed import Shard, input_record
 from vitcam_cli.errors import ParameterError, VitcamError
@@ -231,7 +239,7 @@ class Explain:
         items = shard.take(every) if shard else every
         loaded = options.model.load(device)
         request = target_request(options, loaded)
-        labels = read_labels(options.labels, items, loaded.resolve_class) if options.labels else {}
+        items, unlabelled = self._targets(items, loaded)
         name, method, described = explain_method(options, loaded)
         recorded = self._settings(loaded, request, method, described)
         part = shard.suffix if shard else ""
@@ -252,12 +260,12 @@ class Explain:
         }
         write_json_atomic(options.out / f"summary{part}.json", summary)
         manifest = Manifest(options.out, options.skip_existing, options.save_maps, part, options.overlays)
-        todo = [item for item in items if str(item.path) not in manifest.done]
+        todo = [item for item in items if not manifest.finished(str(item.path), item.target)]
         run = BatchRun(
-            items=[item for item in todo if not isinstance(labels.get(item.path), str)],
+            items=[item for item in todo if item not in unlabelled],
             loaded=loaded,
             methods={name: method},
-            targets=lambda batch: request.chooser(self._labels(request, labels, batch)),
+            targets=lambda batch: request.chooser(self._labels(request, batch)),
             settings=options.run,
             device=device,
             metrics=MetricSettings(adcc=options.adcc),
@@ -269,7 +277,7 @@ class Explain:
             labelled=request.from_labels,
         )  # fmt: skip
         try:
-            status = self._stream(run, writer, manifest, todo, labels, quiet)
+            status = self._stream(run, writer, manifest, todo, unlabelled, quiet)
         except VitcamError as error:  # the folder says why the run stopped (if it still can)
             summary.update(status="failed", error=str(error))
             with contextlib.suppress(OSError):
@@ -283,8 +291,8 @@ class Explain:
             images={
                 "ok": counts.images_ok,
                 "error": counts.images_error,
-                "skipped": len(items) - len(todo),
-                "total": len(items),
+                "skipped": len({item.path for item in items}) - len({item.path for item in todo}),
+                "total": len({item.path for item in items}),
             },
             rows=counts.rows,
             wall_seconds=round(elapsed, 3),
@@ -335,13 +343,24 @@ class Explain:
             overlays=self.options.overlays, maps=self.options.save_maps, overlay=self.options.overlay
         )
 
+    def _targets(
+        self, items: list[ImageItem], loaded: LoadedModel
+    ) -> tuple[list[ImageItem], dict[ImageItem, str]]:
+        """With a labels file: one item per (image, labelled class), several rows of a file asking for
+        several classes; and the images without a row, which fail. Without one: the images as they are."""
+        if self.options.labels is None:
+            return items, {}
+        classes = read_label_lists(self.options.labels, items, loaded.resolve_class)
+        missing = f"no label for this file in {self.options.labels}"
+        unlabelled = {item: missing for item in items if item.path not in classes}
+        work = [*with_targets(items, classes), *unlabelled]
+        return sorted(work, key=lambda item: (str(item.key), item.target or 0)), unlabelled
+
     @staticmethod
-    def _labels(
-        request: TargetRequest, labels: dict[Path, int | str], batch: list[ImageItem]
-    ) -> torch.Tensor | None:
+    def _labels(request: TargetRequest, batch: list[ImageItem]) -> torch.Tensor | None:
         if not request.from_labels:
             return None
-        return torch.tensor([int(labels[item.path]) for item in batch])
+        return torch.tensor([int(item.target or 0) for item in batch])
 
     def _emit(self, rows: list[Row]) -> None:
         if self.options.jsonl:
@@ -354,7 +373,7 @@ class Explain:
         writer: ExplainWriter,
         manifest: Manifest,
         todo: list[ImageItem],
-        labels: dict[Path, int | str],
+        unlabelled: dict[ImageItem, str],
         quiet: bool,
     ) -> str:
         """Stream the run into the writer; returns complete or interrupted."""
@@ -362,10 +381,10 @@ class Explain:
         task = progress.add_task("explain", total=len(todo))
         try:
             with progress:
-                unlabelled = [item for item in todo if isinstance(labels.get(item.path), str)]
-                for item in unlabelled:  # the labels file has no row for it
-                    writer.failed(item, str(labels[item.path]))
-                progress.advance(task, len(unlabelled))
+                failing = [item for item in todo if item in unlabelled]
+                for item in failing:  # the labels file has no row for it
+                    writer.failed(item, unlabelled[item])
+                progress.advance(task, len(failing))
                 run.stream([writer], lambda count: progress.advance(task, count))
                 writer.drain()
         except KeyboardInterrupt:

@@ -19,9 +19,10 @@ from vitcam_cli.models import LoadedModel
 
 BASELINES = {"gradcam": GradCAM, "rollout": AttentionRollout, "relevance": AttentionRelevance}
 OPTION_NAMES = {"kernel": "kernel", "block": "target_block", "skip": "skip", "score": "score",
-                "subtract": "subtract", "fuse": "fuse"}  # fmt: skip
+                "subtract": "subtract", "fuse": "fuse", "prefix": "prefix"}  # fmt: skip
 USAGE = (
-    f"use reciprocam[:{'|'.join(PRESETS)}[:kernel=..,block=..,skip=..,score=..,subtract=..,fuse=..]], "
+    f"use reciprocam[:{'|'.join(PRESETS)}[:kernel=..,block=..,skip=..,score=..,subtract=..,fuse=..,"
+    "prefix=..]], "
     f"{', '.join(BASELINES)}"
 )
 

@@ -7,20 +7,26 @@ masked block input; ``input``: the unmasked block input) and the score (softmax 
 Three refinements are vitcam's own, all off in the published presets: ``score="contrast"`` (the
 class logit minus the log-sum-exp of the other classes), ``subtract="empty"`` (minus the score of the
 copy with every patch token masked out, rectified: only windows that raise the class count) and
-``fuse`` (the mean of the maps of the target block and the ``fuse - 1`` blocks before it).
+``fuse`` (the mean of the maps of the target block and the ``fuse - 1`` blocks before it), and
+``prefix``: what the prefix tokens (CLS, distillation, registers) carry into the masked copies. With
+``keep`` (the paper) they enter the target block as the image made them, already carrying the
+decision; with ``reset`` they enter as they entered the first block, before any image context, so that
+a copy's score comes from its window alone; ``zero`` sets them to zero. Both engines stay exact: the
+substitution happens in the target block's input, which every engine reads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
-from vitcam_cli.defaults import KERNELS, SCORES, SKIPS, SUBTRACTS
+from vitcam_cli.defaults import KERNELS, PREFIXES, SCORES, SKIPS, SUBTRACTS
 from vitcam_cli.engine.base import CopySettings
 from vitcam_cli.engine.factory import create_engine
-from vitcam_cli.engine.geometry import TokenLayout, check_decomposition, trace
+from vitcam_cli.engine.geometry import TokenLayout, Trace, check_decomposition, trace
 from vitcam_cli.errors import ParameterError
 from vitcam_cli.methods.base import ClassChooser, Explanation
 
@@ -33,6 +39,7 @@ class ReciproCAMSettings:
     score: str = "softmax"
     subtract: str = "none"
     fuse: int = 1
+    prefix: str = "keep"
 
     @property
     def copies(self) -> CopySettings:
@@ -46,6 +53,7 @@ class ReciproCAMSettings:
             ("skip", SKIPS),
             ("score", SCORES),
             ("subtract", SUBTRACTS),
+            ("prefix", PREFIXES),
         ):
             if getattr(settings, name) not in allowed:
                 raise ParameterError(
@@ -74,6 +82,8 @@ def describe(method: dict[str, object]) -> str:
         parts.append(f"subtract {method['subtract']}")
     if method.get("fuse", 1) != 1:
         parts.append(f"fuse {method['fuse']} blocks")
+    if method.get("prefix", "keep") != "keep":
+        parts.append(f"prefix {method['prefix']}")
     return f"{method['variant']} ({', '.join(parts)})"
 
 
@@ -119,6 +129,18 @@ class ReciproCAM:
         self.engine = self.engines[0]
         self.first_block = blocks[-1]
 
+    def _prefixed(self, traced: Trace, offset: int) -> Trace:
+        """The pass seen from a target block, its input's prefix tokens as ``prefix`` says."""
+        seen = traced.from_block(offset)
+        if self.settings.prefix == "keep":
+            return seen
+        count = self.layout.num_prefix
+        prefix = traced.block_input[:, :count]  # as the first block received them
+        if self.settings.prefix == "zero":
+            prefix = torch.zeros_like(prefix)
+        block_input = torch.cat([prefix, seen.block_input[:, count:]], dim=1)
+        return dataclasses.replace(seen, block_input=block_input)
+
     @property
     def reductions(self) -> list[dict[str, int]]:
         """Chunk sizes every engine gave up after out-of-memory errors."""
@@ -127,11 +149,11 @@ class ReciproCAM:
     @torch.inference_mode()
     def __call__(self, images: Tensor, choose_classes: ClassChooser) -> Explanation:
         """``choose_classes`` maps the (B, C) float32 logits to the (B, T) classes to explain."""
-        traced = trace(self.model, images, self.first_block, self.layout)
+        start = 0 if self.settings.prefix == "reset" else self.first_block
+        traced = trace(self.model, images, start, self.layout)
         logits = traced.logits.float()
         classes = choose_classes(logits)
         maps = [
-            engine(traced.from_block(engine.block_index - self.first_block), classes)
-            for engine in self.engines
+            engine(self._prefixed(traced, engine.block_index - start), classes) for engine in self.engines
         ]
         return Explanation(logits=logits, classes=classes, maps=torch.stack(maps).mean(0))

@@ -13,7 +13,10 @@ from torch import Tensor
 from vitcam_cli.metrics.adcc import PARTS, adcc
 
 # every metric a run can report, in table order; adcc_mean is the mean of the per-image ADCC values
-METRICS = ("adcc", "adcc_mean", *PARTS[1:], "insertion", "deletion", "pointing_game", "energy_in_box")
+METRICS = (
+    "adcc", "adcc_mean", *PARTS[1:], "insertion", "deletion", "pointing_game", "energy_in_box",
+    "discrimination",
+)  # fmt: skip
 
 
 HISTOGRAM_BINS = 20  # equal bins over [0, 1], where every per-image metric lies

@@ -6,15 +6,17 @@ order of ``explanation.classes.flatten()``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from vitcam_cli.methods.base import Explanation, SaliencyMethod
+from vitcam_cli.metrics import authors
 from vitcam_cli.metrics.adcc import adcc_parts, masked_inputs, scale_to_input
 from vitcam_cli.metrics.insertion_deletion import area_under, curves
-from vitcam_cli.metrics.localization import energy_in_box, pointing_game
+from vitcam_cli.metrics.localization import BoxMasks, discrimination, energy_in_box, pointing_game
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class MetricSettings:
     steps: int = 20
     baseline: str = "blur"
     forward_batch: int = 64  # images per forward pass for the insertion/deletion curves
+    protocol: str = "poppi"  # or "authors": the ViT-ReciproCAM authors' ADCC and DAUC/IAUC
 
 
 def _class_probability(logits: Tensor, classes: Tensor) -> Tensor:
@@ -36,37 +39,97 @@ def measure(
     images: Tensor,
     explanation: Explanation,
     settings: MetricSettings,
-    inside_boxes: Tensor | None = None,
+    boxes: BoxMasks | None = None,
 ) -> dict[str, Tensor]:
     """Per (image, class) metrics of ``explanation`` of ``images`` (B, C, H, W).
 
-    ``inside_boxes`` (B, H, W), when given, marks the pixels inside the image's ground-truth boxes.
+    ``boxes``, when given, holds each image's ground-truth boxes in input pixels: it adds the pointing
+    game and energy-in-box, and with labelled boxes the discrimination. ``settings.protocol`` chooses how
+    ADCC and insertion/deletion are computed: ``poppi`` (vitcam's) or ``authors`` (see ``authors.py``).
     """
-    per_image = explanation.classes.shape[1]
     size = (images.shape[-2], images.shape[-1])
-    classes = explanation.classes.flatten()
     saliency = scale_to_input(explanation.maps, size).flatten(0, 1)  # (B*T, H, W)
-    probability = torch.softmax(explanation.logits, -1).gather(1, explanation.classes).flatten()
-    repeated = images.repeat_interleave(per_image, dim=0)
+    probability = torch.softmax(explanation.logits.float(), -1).gather(1, explanation.classes).flatten()
+    repeated = images.repeat_interleave(explanation.classes.shape[1], dim=0)
+    measured = _authors if settings.protocol == "authors" else _poppi
+    values = measured(_Batch(method, model, repeated, explanation, settings, saliency, probability))
+    if boxes is not None:
+        target, every, labelled = boxes.for_classes(explanation.classes)
+        values["pointing_game"] = pointing_game(saliency, target)
+        values["energy_in_box"] = energy_in_box(saliency, target)
+        if bool(labelled.any()):
+            values["discrimination"] = discrimination(saliency, target, every, labelled)
+    return {name: value.float() for name, value in values.items()}
+
+
+def _probability_of(model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+    def probability_of(batch_images: Tensor, batch_classes: Tensor) -> Tensor:
+        return _class_probability(model(batch_images), batch_classes)
+
+    return probability_of
+
+
+@dataclass
+class _Batch:
+    """What a protocol measures: the method and model, the images once per explained class, the
+    explanation, the settings, the maps scaled and upsampled to the input, and the class probabilities."""
+
+    method: SaliencyMethod
+    model: nn.Module
+    images: Tensor
+    explanation: Explanation
+    settings: MetricSettings
+    saliency: Tensor
+    probability: Tensor
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.images.shape[-2], self.images.shape[-1])
+
+    @property
+    def classes(self) -> Tensor:
+        return self.explanation.classes.flatten()
+
+    def again(self, masked: Tensor) -> Explanation:
+        """The method on the masked images, for the same classes."""
+        return self.method(masked, lambda _logits: self.classes.view(-1, 1))
+
+
+def _poppi(batch: _Batch) -> dict[str, Tensor]:
+    """ADCC on maps upsampled bilinearly and clipped; insertion/deletion over pixel fractions."""
+    settings, saliency, classes = batch.settings, batch.saliency, batch.classes
     values: dict[str, Tensor] = {}
     if settings.adcc:
-        masked = masked_inputs(repeated, saliency)
-        again = method(masked, lambda _logits: classes.view(-1, 1))
-        masked_saliency = scale_to_input(again.maps[:, 0], size)
+        again = batch.again(masked_inputs(batch.images, saliency))
+        masked_saliency = scale_to_input(again.maps[:, 0], batch.size)
         masked_probability = _class_probability(again.logits, classes)
-        values |= adcc_parts(probability, masked_probability, saliency, masked_saliency)
+        values |= adcc_parts(batch.probability, masked_probability, saliency, masked_saliency)
     if settings.insertion_deletion:
-
-        def probability_of(batch_images: Tensor, batch_classes: Tensor) -> Tensor:
-            return _class_probability(model(batch_images), batch_classes)
-
         insertion, deletion = curves(
-            probability_of, repeated, saliency, classes,
+            _probability_of(batch.model), batch.images, saliency, classes,
             settings.steps, settings.baseline, settings.forward_batch,
         )  # fmt: skip
         values |= {"insertion": area_under(insertion), "deletion": area_under(deletion)}
-    if inside_boxes is not None:
-        mask = inside_boxes.repeat_interleave(per_image, dim=0)
-        values["pointing_game"] = pointing_game(saliency, mask)
-        values["energy_in_box"] = energy_in_box(saliency, mask)
-    return {name: value.float() for name, value in values.items()}
+    return values
+
+
+def _authors(batch: _Batch) -> dict[str, Tensor]:
+    """ADCC on token-grid maps with a bicubic, unclipped mask; insertion/deletion over 32-pixel cells."""
+    settings, classes = batch.settings, batch.classes
+    grid = authors.grid_scaled(batch.explanation.maps.flatten(0, 1))  # (B*T, rows, cols)
+    values: dict[str, Tensor] = {}
+    if settings.adcc:
+        again = batch.again(masked_inputs(batch.images, authors.bicubic_masks(grid, batch.size)))
+        masked_probability = _class_probability(again.logits, classes)
+        values |= authors.adcc_parts(batch.probability, masked_probability, grid, again.maps[:, 0])
+    if settings.insertion_deletion:
+        insertion, deletion = authors.curves(
+            _probability_of(batch.model),
+            batch.images,
+            grid,
+            classes,
+            batch.probability,
+            settings.forward_batch,
+        )
+        values |= {"insertion": authors.area(insertion), "deletion": authors.area(deletion)}
+    return values

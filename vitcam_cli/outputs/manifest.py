@@ -60,6 +60,7 @@ class Manifest:
         self.out = out
         self.jsonl = out / f"results{part}.jsonl"
         self.csv = out / "results.csv"
+        self.done_classes: set[tuple[str, int | None]] = set()
         self.done: set[str] = self._recover(needs_overlay, needs_map) if resume else set()
         if not resume:
             write_atomic(self.jsonl, lambda handle: None)
@@ -79,9 +80,14 @@ class Manifest:
             by_path.setdefault(row.path, []).append(row)
         needs = ("overlay",) * needs_overlay + ("map",) * needs_map
         done = {path for path, rows in by_path.items() if self._complete(rows, needs)}
+        self.done_classes = {(row.path, row.class_index) for path in done for row in by_path[path]}
         kept = jsonl(row for path in by_path if path in done for row in by_path[path])
         write_atomic(self.jsonl, lambda handle: handle.write(kept.encode()))
         return done
+
+    def finished(self, path: str, target: int | None = None) -> bool:
+        """Whether resuming keeps an image (or, for a run that names a class per item, that class of it)."""
+        return path in self.done if target is None else (path, target) in self.done_classes
 
     def write(self, rows: list[Row]) -> None:
         self.handle.write(jsonl(rows))

@@ -26,7 +26,7 @@ from vitcam_cli.outputs.overlay import colormap_table
 # panel metrics in display order; names not listed here follow alphabetically
 METRIC_ORDER = (
     "adcc", "average_drop", "increase", "coherency", "complexity",
-    "insertion", "deletion", "pointing_game", "energy_in_box",
+    "insertion", "deletion", "pointing_game", "energy_in_box", "discrimination",
 )  # fmt: skip
 # for these a lower value is the better explanation, so "worst first" means descending
 LOWER_IS_BETTER = ("average_drop", "complexity", "deletion")
@@ -146,7 +146,7 @@ class Charts:
 
 # the metrics drawn, in this order: the faithfulness ones first
 CHART_METRICS = ("adcc", "average_drop", "coherency", "complexity", "insertion", "deletion",
-                 "pointing_game", "energy_in_box")  # fmt: skip
+                 "pointing_game", "energy_in_box", "discrimination")  # fmt: skip
 FAILURES_SHOWN = 200
 
 _TEMPLATES = Environment(

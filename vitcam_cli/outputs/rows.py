@@ -13,7 +13,7 @@ from typing import Any
 from vitcam_cli.metrics.adcc import PARTS
 
 # every per-image metric, in table order (the dataset's adcc_mean is the mean of the rows' adcc)
-ROW_METRICS = (*PARTS, "insertion", "deletion", "pointing_game", "energy_in_box")
+ROW_METRICS = (*PARTS, "insertion", "deletion", "pointing_game", "energy_in_box", "discrimination")
 EXPLAIN_COLUMNS = (
     "path", "status", "error", "method", "class_index", "class_name", "probability", "rank", "overlay", "map",
     "width", "height", *PARTS,
