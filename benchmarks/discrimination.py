@@ -50,6 +50,14 @@ CANDIDATES = list(
     dict.fromkeys(
         [canonical_name(f"reciprocam:{preset}") for preset in ("openvino-xai", "otx", "official")]
         + [canonical_name(f"reciprocam:{p}:prefix=reset") for p in ("otx", "official")]
+        + [
+            canonical_name(f"reciprocam:{spec}")
+            for spec in (
+                "otx:block=-2,prefix=reset",
+                "openvino-xai:block=-2,prefix=reset",
+                "openvino-xai:block=-3,prefix=reset",
+            )
+        ]
         + [canonical_name(f"reciprocam:openvino-xai:{options}") for options in OPTIONS]
     )
 )
@@ -153,6 +161,13 @@ def main() -> None:
     parser.add_argument("--model", action="append", required=True, metavar="NAME=MODEL")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/fashion_scenes"))
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="METHOD",
+        help="a candidate to report on the test splits too",
+    )
     args = parser.parse_args()
     models = dict(spec.split("=", 1) for spec in args.model)
     runs: dict[str, dict[str, dict]] = {name: {} for name in models}
@@ -168,7 +183,10 @@ def main() -> None:
         return tuple(sum(v[key] for v in values) / len(values) for key in ("discrimination", "pointing_game"))
 
     chosen = max(qualified, key=mean_two) if qualified else None
-    reported = list(dict.fromkeys([DEFAULT, *([chosen] if chosen else []), *CANDIDATES[:3], *BASELINES]))
+    also = [canonical_name(method) for method in args.also]
+    reported = list(
+        dict.fromkeys([DEFAULT, *([chosen] if chosen else []), *also, *CANDIDATES[:3], *BASELINES])
+    )
     for name, model in models.items():
         for split in ("two-test", "one-test"):
             out = RESULTS / f"discrimination-{split}-{name}-run"

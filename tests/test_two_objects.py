@@ -155,3 +155,14 @@ def test_the_builder_writes_two_garment_scenes_with_labelled_boxes(tmp_path):
         assert int(first["x2"]) <= 56 <= int(second["x1"])  # one garment in each half
         with Image.open(out / first["file"]) as image:
             assert image.size == (112, 112)
+
+
+def test_the_discriminative_preset_is_otx_on_block_minus_2_with_the_prefix_reset():
+    from vitcam_cli import Explainer
+    from vitcam_cli.methods.reciprocam import PRESETS
+
+    assert PRESETS["discriminative"] == PRESETS["otx"].with_overrides(target_block=-2, prefix="reset")
+    images = sorted((TWO / "images").glob("*.png"))[:3]
+    named = Explainer("fashion-vit", method="reciprocam:discriminative", device="cpu")(images)
+    spelled = Explainer("fashion-vit", method="reciprocam:otx:block=-2,prefix=reset", engine="dense")(images)
+    np.testing.assert_allclose(named.maps.numpy(), spelled.maps.numpy(), rtol=1e-4, atol=1e-6)

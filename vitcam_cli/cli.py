@@ -156,8 +156,9 @@ ClassNamesOption = Annotated[
     ),
 ]
 VARIANT_HELP = (
-    "Preset of the published implementations: official = block -2, skip input, softmax; "
-    "otx = block -1, skip ln, softmax; openvino-xai = block -1, skip masked-input, logit."
+    "Preset: the published implementations official = block -2, skip input, softmax; "
+    "otx = block -1, skip ln, softmax; openvino-xai = block -1, skip masked-input, logit; and vitcam's "
+    "discriminative = block -2, skip ln, softmax, prefix reset (see docs/discrimination.md)."
 )
 VariantOption = Annotated[
     _choice(D.PRESET_NAMES) | None,
@@ -758,7 +759,9 @@ def bench(
     variants: Annotated[
         list[str] | None,
         typer.Option(
-            "--variant", help=VARIANT_HELP + " Repeatable. (default: all three)", rich_help_panel=METHOD
+            "--variant",
+            help=VARIANT_HELP + " Repeatable. (default: the three published ones)",
+            rich_help_panel=METHOD,
         ),
     ] = None,
     mask_batch: MaskBatchOption = None,
@@ -798,7 +801,7 @@ def bench(
 
         options = BenchOptions(
             model=model,
-            variants=list(variants or D.PRESET_NAMES),
+            variants=list(variants or D.PUBLISHED_PRESETS),
             overrides=overrides,
             engine=engine,
             mask_batch=mask_batch,

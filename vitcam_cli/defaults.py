@@ -4,8 +4,9 @@ from here."""
 
 from __future__ import annotations
 
-# ViT-ReciproCAM: the published presets (see methods/reciprocam.py) and the choices within them
-PRESET_NAMES = ("official", "otx", "openvino-xai")
+# ViT-ReciproCAM: the published presets (see methods/reciprocam.py), vitcam's own, and the choices within them
+PUBLISHED_PRESETS = ("official", "otx", "openvino-xai")
+PRESET_NAMES = (*PUBLISHED_PRESETS, "discriminative")
 # chosen by benchmarks/quality.py on the bundled model: best ADCC, then pointing game, then speed
 DEFAULT_PRESET = "openvino-xai"
 KERNELS = ("gaussian", "single")

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from vitcam_cli.defaults import BENCH_BATCH, PRESET_NAMES
+from vitcam_cli.defaults import BENCH_BATCH, PRESET_NAMES, PUBLISHED_PRESETS
 from vitcam_cli.errors import ParameterError
 from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM, describe
 from vitcam_cli.metrics.measure import MetricSettings, measure
@@ -23,7 +23,7 @@ from vitcam_cli.runtime import autocast, check_precision, device_name, library_v
 @dataclass
 class BenchOptions:
     model: ModelSpec
-    variants: list[str] = field(default_factory=lambda: list(PRESETS))
+    variants: list[str] = field(default_factory=lambda: list(PUBLISHED_PRESETS))
     overrides: dict[str, Any] = field(default_factory=dict)  # explicit method options over the preset
     engine: str = "auto"
     mask_batch: int | None = None

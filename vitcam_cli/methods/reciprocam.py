@@ -94,6 +94,9 @@ PRESETS: dict[str, ReciproCAMSettings] = {
     "otx": ReciproCAMSettings(target_block=-1, skip="ln", score="softmax"),
     # OpenVINO XAI: last block, the masked block input on the skip path, raw logits.
     "openvino-xai": ReciproCAMSettings(target_block=-1, skip="masked-input", score="logit"),
+    # vitcam's own, from the two-garment study (docs/discrimination.md): better at telling two objects
+    # apart on a deeper model, worse on the bundled 4-block one
+    "discriminative": ReciproCAMSettings(target_block=-2, skip="ln", score="softmax", prefix="reset"),
 }
 
 
