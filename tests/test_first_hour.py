@@ -195,7 +195,16 @@ document.body.dataset.pageWidth = String(document.documentElement.scrollWidth);
 def test_filters_and_the_summary_width_in_a_real_browser(evaluated, tmp_path):
     page = tmp_path / "report.html"
     page.write_text((evaluated / "report.html").read_text().replace("</body>", FILTER_STEPS))
-    body = _body_attributes(rendered_dom(page, size=(1400, 900)))
+    dom = rendered_dom(page, size=(1400, 900))
+    body = _body_attributes(dom)
+    for shown in (
+        'aria-label="adcc of each method"',
+        'aria-label="adcc: histogram over',
+        'aria-label="colour scale of the heatmaps"',
+        '<article class="card wrong"',
+        "✗ wrong",
+    ):
+        assert shown in dom, shown  # the charts, the colour bar and the marks, as the browser built the page
     metrics = json.loads((evaluated / "metrics.json").read_text())
     evaluated_count = metrics["dataset"]["evaluated"]
     wrong = metrics["dataset"]["labelled"] - metrics["dataset"]["correct"]
