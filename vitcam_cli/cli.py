@@ -178,42 +178,40 @@ MethodOption = Annotated[
         rich_help_panel=METHOD,
     ),
 ]
-KernelOption = Annotated[
-    _choice(D.KERNELS) | None,
-    _method_option("Mask: 3x3 Gaussian window or the single token (1x1). (default: gaussian)"),
-]
+
+
+def _method_choice(choices: tuple[str, ...], help: str) -> Any:
+    """A ViT-ReciproCAM option with a fixed set of values, unset unless given."""
+    return Annotated[_choice(choices) | None, _method_option(help)]
+
+
+KernelOption = _method_choice(
+    D.KERNELS, "Mask: 3x3 Gaussian window or the single token (1x1). (default: gaussian)"
+)
 TargetBlockOption = Annotated[
     int | None,
     _method_option("Block whose first LayerNorm output is masked (-1 = last). (default: from --variant)"),
 ]
-SkipOption = Annotated[
-    _choice(D.SKIPS) | None,
-    _method_option(
-        "What the target block's skip path carries: the masked LayerNorm output, the masked block input, or "
-        "the unmasked block input. (default: from --variant)"
-    ),
-]
-ScoreOption = Annotated[
-    _choice(D.SCORES) | None,
-    _method_option(
-        "Class score of each masked copy; contrast = the class logit minus the log-sum-exp of the other "
-        "classes. (default: from --variant)"
-    ),
-]
-SubtractOption = Annotated[
-    _choice(D.SUBTRACTS) | None,
-    _method_option(
-        "empty: subtract the score of the copy with every patch token masked out and keep the positive part "
-        "(only windows that raise the class count). (default: none)"
-    ),
-]
-PrefixOption = Annotated[
-    _choice(D.PREFIXES) | None,
-    _method_option(
-        "What the prefix tokens (CLS, registers) carry into the masked copies: keep = as the image made "
-        "them (the paper), reset = as they entered the first block, zero. (default: keep)"
-    ),
-]
+SkipOption = _method_choice(
+    D.SKIPS,
+    "What the target block's skip path carries: the masked LayerNorm output, the masked block input, or the "
+    "unmasked block input. (default: from --variant)",
+)
+ScoreOption = _method_choice(
+    D.SCORES,
+    "Class score of each masked copy; contrast = the class logit minus the log-sum-exp of the other classes. "
+    "(default: from --variant)",
+)
+SubtractOption = _method_choice(
+    D.SUBTRACTS,
+    "empty: subtract the score of the copy with every patch token masked out and keep the positive part "
+    "(only windows that raise the class count). (default: none)",
+)
+PrefixOption = _method_choice(
+    D.PREFIXES,
+    "What the prefix tokens (CLS, registers) carry into the masked copies: keep = as the image made them "
+    "(the paper), reset = as they entered the first block, zero. (default: keep)",
+)
 FuseOption = Annotated[
     int | None,
     _method_option(

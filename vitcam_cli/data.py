@@ -44,13 +44,15 @@ class ImageItem:
 
 def with_targets(items: Sequence[ImageItem], targets: dict[Path, list[int]]) -> list[ImageItem]:
     """One item per (image, class) to explain, in input order; an image with several classes gets
-    outputs named ``<key>.<class>``. Images without classes in ``targets`` are left out."""
+    outputs named ``<key>.<class>``. An image without classes in ``targets`` stays, its target None."""
     expanded = []
     for item in items:
         classes = targets.get(item.path, [])
         for target in classes:
             key = item.key if len(classes) == 1 else PurePosixPath(f"{item.key}.{target}")
             expanded.append(replace(item, key=key, target=target))
+        if not classes:
+            expanded.append(item)
     return expanded
 
 

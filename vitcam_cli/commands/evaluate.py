@@ -46,7 +46,7 @@ from vitcam_cli.metrics.adcc import ADCC_DEFINITION
 from vitcam_cli.metrics.aggregate import METRICS, Totals, bootstrap_intervals
 from vitcam_cli.metrics.measure import MetricSettings
 from vitcam_cli.models import LoadedModel, ModelSpec
-from vitcam_cli.outputs.atomic import atomic_text_stream, ensure_writable, write_atomic, write_json_atomic
+from vitcam_cli.outputs.atomic import atomic_text_stream, write_atomic, write_json_atomic
 from vitcam_cli.outputs.manifest import FAILURES_KEPT
 from vitcam_cli.outputs.overlay import OverlaySettings, encode_overlay, overlay_extension, render_overlay
 from vitcam_cli.outputs.report import (
@@ -201,6 +201,12 @@ def first_values(output: MethodOutput) -> dict[str, float]:
     return {metric: values[0] for metric, values in output.values.items() if not math.isnan(values[0])}
 
 
+def overlay_link(image: ImageResult, name: str, overlay: OverlaySettings) -> str:
+    """Where ``--save-overlays`` puts a method's overlay of an image, relative to the output folder."""
+    extension = overlay_extension(overlay.format, image.item.path)
+    return f"overlays/{name.replace(':', '-')}/{image.item.key}.{extension}"
+
+
 def _overlay(image: ImageResult, name: str, overlay: OverlaySettings) -> np.ndarray:
     saliency = image.methods[name].maps[0]
     return render_overlay(image.copy, saliency, image.view, overlay.colormap, overlay.alpha)
@@ -243,9 +249,8 @@ class PerImageRows:
             self.writer.writerow(row.evaluate_cells())
 
     def _save(self, image: ImageResult, name: str) -> str:
-        extension = overlay_extension(self.options.overlay.format, image.item.path)
-        link = f"overlays/{name.replace(':', '-')}/{image.item.key}.{extension}"
-        data = encode_overlay(_overlay(image, name, self.options.overlay), extension)
+        link = overlay_link(image, name, self.options.overlay)
+        data = encode_overlay(_overlay(image, name, self.options.overlay), Path(link).suffix[1:])
         write_atomic(self.options.out / link, lambda handle: handle.write(data))
         return link
 
@@ -278,10 +283,7 @@ class EvaluationGallery:
     def _card(self, image: ImageResult) -> Card:
         panels = []
         for name, output in image.methods.items():
-            link = None
-            if self.options.save_overlays:
-                extension = overlay_extension(self.options.overlay.format, image.item.path)
-                link = f"overlays/{name.replace(':', '-')}/{image.item.key}.{extension}"
+            link = overlay_link(image, name, self.options.overlay) if self.options.save_overlays else None
             panels.append(
                 Panel(
                     method=name,
@@ -371,7 +373,6 @@ class Evaluate:
         boxes = read_boxes(options.boxes, items, loaded.resolve_class) if options.boxes else None
         items, unusable = self._work(items, truth_of, boxes)
         items = shard.take(items) if shard is not None else items
-        ensure_writable(options.out)
         runnable = [item for item in items if item not in unusable]
         run = self._batch_run(runnable, loaded, names, truth_of, boxes, device)
         totals = MetricTotals(names, truth_of, len(items), boxes)
@@ -408,21 +409,20 @@ class Evaluate:
     ) -> tuple[list[ImageItem], dict[ImageItem, str]]:
         """What to explain: every image, or with ``target`` boxes every (image, class with a labelled
         box); and the items that fail before decoding, with why (no label, no labelled box)."""
-        failed = {item: text for item in items if isinstance(text := (truth_of or {}).get(item.path), str)}
+        no_label = {path: text for path, text in (truth_of or {}).items() if isinstance(text, str)}
         if self.options.target != "boxes":
-            return items, failed
+            return items, {item: no_label[item.path] for item in items if item.path in no_label}
         if boxes is None or not any(box.label is not None for found in boxes.values() for box in found):
             raise VitcamError("{target} boxes needs {boxes} FILE.csv with a label column (each box's class)")
         classes = {path: list(dict.fromkeys(box.label for box in found)) for path, found in boxes.items()}
-        work = [*with_targets(items, classes), *(item for item in items if not classes.get(item.path))]
-        no_label = {item.path: text for item, text in failed.items()}
+        work = with_targets(items, classes)
         no_box = f"no labelled box for this file in {self.options.boxes}"
         failed = {
             item: no_box if item.target is None else no_label[item.path]
             for item in work
             if item.target is None or item.path in no_label
         }
-        return sorted(work, key=lambda item: (str(item.key), item.target or 0)), failed
+        return work, failed
 
     def _batch_run(
         self,

@@ -44,7 +44,7 @@ from vitcam_cli.metrics.adcc import ADCC_DEFINITION
 from vitcam_cli.metrics.aggregate import METRICS
 from vitcam_cli.metrics.measure import MetricSettings
 from vitcam_cli.models import LoadedModel, ModelSpec
-from vitcam_cli.outputs.atomic import ensure_writable, remove_stale_temporaries, write_json_atomic
+from vitcam_cli.outputs.atomic import remove_stale_temporaries, write_json_atomic
 from vitcam_cli.outputs.manifest import Counts, Manifest
 from vitcam_cli.outputs.merge import merge_shards
 from vitcam_cli.outputs.overlay import OverlaySettings
@@ -243,7 +243,6 @@ class Explain:
         name, method, described = explain_method(options, loaded)
         recorded = self._settings(loaded, request, method, described)
         part = shard.suffix if shard else ""
-        ensure_writable(options.out)
         if options.skip_existing:
             _refuse_other_settings(options.out, recorded, f"summary{part}.json")
         summary: dict[str, Any] = {
@@ -352,9 +351,8 @@ class Explain:
             return items, {}
         classes = read_label_lists(self.options.labels, items, loaded.resolve_class)
         missing = f"no label for this file in {self.options.labels}"
-        unlabelled = {item: missing for item in items if item.path not in classes}
-        work = [*with_targets(items, classes), *unlabelled]
-        return sorted(work, key=lambda item: (str(item.key), item.target or 0)), unlabelled
+        work = with_targets(items, classes)
+        return work, {item: missing for item in work if item.target is None}
 
     @staticmethod
     def _labels(request: TargetRequest, batch: list[ImageItem]) -> torch.Tensor | None:
