@@ -11,7 +11,8 @@ from tests.conftest import CLASS_NAMES, TINY_ARGS
 from tests.models import tiny_vit
 from vitcam_cli.engine.geometry import token_layout
 from vitcam_cli.errors import UnsupportedModelError, VitcamError
-from vitcam_cli.models import class_names_for, load_model, resolve_class, resolve_model_name
+from vitcam_cli.models import load_model, resolve_class
+from vitcam_cli.models.timm import class_names_for, resolve_model_name
 
 
 def test_resolve_model_name(tiny_model, tmp_path):
@@ -113,7 +114,7 @@ def test_random_weights_are_reproducible():
 
 
 def test_imagenet_wordnet_ids_name_classes_too():
-    from vitcam_cli.models import class_ids_for
+    from vitcam_cli.models.timm import class_ids_for
 
     imagenet = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=16, depth=1)
     ids = class_ids_for(imagenet)

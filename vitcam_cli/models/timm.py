@@ -1,17 +1,15 @@
-"""Loading a timm model the way timm does: registry names, ``hf-hub:``, ``local-dir:``, checkpoints.
+"""The timm adapter: registry names, ``hf-hub:``, ``local-dir:``, export folders, checkpoints.
 
 Preprocessing comes from the model's pretrained_cfg, class names from its config (``label_names``)
-or timm's ImageNet metadata; vitcam re-derives none of it.
+or timm's ImageNet metadata; vitcam re-derives none of it. timm is also the fallback adapter: a
+model string no other adapter claims is read as a timm name.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import socket
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -22,8 +20,9 @@ import torch
 from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset, resolve_input_data_config
 from torch import nn
 
-from vitcam_cli.engine.geometry import TokenLayout, token_layout
+from vitcam_cli.engine.geometry import token_layout
 from vitcam_cli.errors import ParameterError, VitcamError, literal
+from vitcam_cli.models.loaded import LoadedModel, ModelSpec
 
 OFFLINE_HINT = (
     "pass {checkpoint} FILE (weights on disk, with {model} ARCH), {model} local-dir:PATH "
@@ -31,55 +30,8 @@ OFFLINE_HINT = (
 )
 
 
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    spec: str
-    layout: TokenLayout
-    data_config: dict[str, Any]
-    transform: Callable[[Any], torch.Tensor]
-    class_names: list[str]
-    class_ids: list[str]
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def input_size(self) -> tuple[int, ...]:
-        return tuple(self.data_config["input_size"])
-
-    def resolve_class(self, value: str) -> int:
-        return resolve_class(value, self.class_names, self.class_ids)
-
-    def named(self, names: Sequence[str], source: str) -> LoadedModel:
-        """The model with these class names (in class-index order), e.g. for a checkpoint without any."""
-        count = int(self.model.num_classes)
-        if len(names) != count:
-            raise ParameterError(
-                "class_names", f"holds {len(names)} names but the model has {count} classes", source
-            )
-        return replace(self, class_names=list(names), info=self.info | {"class_names": source})
-
-
-def read_class_names(path: Path) -> list[str]:
-    """Class names from a file: one per line in class-index order (blank lines skipped), or a JSON list."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as error:
-        raise ParameterError("class_names", f"cannot read it ({error.strerror})", path) from error
-    except UnicodeDecodeError as error:
-        raise ParameterError("class_names", "not UTF-8 text; save it as UTF-8", path) from error
-    if text.lstrip().startswith("["):
-        try:
-            names = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ParameterError("class_names", f"not a valid JSON list ({literal(error)})", path) from error
-        if not isinstance(names, list) or not all(isinstance(name, str | int) for name in names):
-            raise ParameterError("class_names", "the JSON must be a list of names", path)
-        return [str(name) for name in names]
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
 # models that ship inside the package, in timm's export format: ``--model NAME`` works offline
-BUNDLED_MODELS = {"fashion-vit": Path(__file__).parent / "assets" / "fashion-vit"}
+BUNDLED_MODELS = {"fashion-vit": Path(__file__).parents[1] / "assets" / "fashion-vit"}
 
 
 def _export_folder(spec: str, folder: Path) -> str:
@@ -282,35 +234,39 @@ def _check_img_size(spec: str, img_size: tuple[int, int]) -> None:
         )
 
 
-def load_model(
-    spec: str,
-    *,
-    checkpoint: Path | None = None,
-    pretrained: bool = True,
-    num_classes: int | None = None,
-    img_size: tuple[int, int] | None = None,
-    device: torch.device | str = "cpu",
-) -> LoadedModel:
+def accepts(name: str) -> bool:
+    """Every model string: timm is the fallback, and says itself what is wrong with a bad name."""
+    return True
+
+
+def accepts_object(model: nn.Module) -> bool:
+    """Every object, as the fallback: ``wrap`` refuses what is not a supported ViT in one line."""
+    return True
+
+
+def load(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
     """Create the model, load its weights, check it is a supported ViT, and build its preprocessing."""
-    load_pretrained = pretrained and checkpoint is None
-    if num_classes is not None and num_classes < 1:
-        raise ParameterError("num_classes", "must be at least 1", num_classes)
-    if img_size is not None:
-        _check_img_size(spec, img_size)
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "img_size": img_size}
-    model = _create(spec, load_pretrained, {key: value for key, value in kwargs.items() if value is not None})
+    load_pretrained = spec.pretrained and spec.checkpoint is None
+    if spec.num_classes is not None and spec.num_classes < 1:
+        raise ParameterError("num_classes", "must be at least 1", spec.num_classes)
+    if spec.img_size is not None:
+        _check_img_size(spec.name, spec.img_size)
+    kwargs: dict[str, Any] = {"num_classes": spec.num_classes, "img_size": spec.img_size}
+    model = _create(
+        spec.name, load_pretrained, {key: value for key, value in kwargs.items() if value is not None}
+    )
     token_layout(model)  # refuse an unsupported model before reading any weights
-    if checkpoint is not None:
-        _load_checkpoint(model, checkpoint)
-    loaded = wrap_model(model, device, spec)
+    if spec.checkpoint is not None:
+        _load_checkpoint(model, spec.checkpoint)
+    loaded = wrap(model, device, spec.name)
     loaded.info |= {
-        "checkpoint": str(checkpoint) if checkpoint else None,
-        "pretrained": load_pretrained or checkpoint is not None,
+        "checkpoint": str(spec.checkpoint) if spec.checkpoint else None,
+        "pretrained": load_pretrained or spec.checkpoint is not None,
     }
     return loaded
 
 
-def wrap_model(model: nn.Module, device: torch.device | str = "cpu", name: str | None = None) -> LoadedModel:
+def wrap(model: nn.Module, device: torch.device | str = "cpu", name: str | None = None) -> LoadedModel:
     """A timm ViT already in memory, ready to explain: put in eval mode on ``device``, its token layout
     checked, its preprocessing and class names read from its pretrained_cfg."""
     layout = token_layout(model)
@@ -338,55 +294,3 @@ def wrap_model(model: nn.Module, device: torch.device | str = "cpu", name: str |
         class_ids_for(model),
         info,
     )
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the command line says about the model: every command loads it the same way."""
-
-    name: str
-    checkpoint: Path | None = None
-    pretrained: bool = True
-    num_classes: int | None = None
-    img_size: tuple[int, int] | None = None
-    class_names: Path | None = None  # one name per line, or a JSON list; None: the model's own
-
-    def load(self, device: torch.device | str = "cpu") -> LoadedModel:
-        loaded = load_model(
-            self.name,
-            checkpoint=self.checkpoint,
-            pretrained=self.pretrained,
-            num_classes=self.num_classes,
-            img_size=self.img_size,
-            device=device,
-        )
-        if self.class_names is None:
-            return loaded
-        return loaded.named(read_class_names(self.class_names), str(self.class_names))
-
-
-def resolve_class(value: str, class_names: list[str], class_ids: list[str] = ()) -> int:
-    """A ``--class`` value: an index, a class id (ImageNet's n01440764), or a class name (case-insensitive;
-    any comma-separated synonym)."""
-    if value.strip().lstrip("-").isdigit():
-        index = int(value)
-        if not 0 <= index < len(class_names):
-            raise VitcamError(f"class {index} is out of range: the model has {len(class_names)} classes")
-        return index
-    if value.strip() in class_ids:
-        return list(class_ids).index(value.strip())
-    wanted = value.strip().lower()
-    exact = [i for i, name in enumerate(class_names) if name.lower() == wanted]
-    if exact:
-        return exact[0]
-    synonyms = [
-        i for i, name in enumerate(class_names) if wanted in (s.strip().lower() for s in name.split(","))
-    ]
-    if len(synonyms) == 1:
-        return synonyms[0]
-    if synonyms:
-        options = "; ".join(f"{i} ({class_names[i]})" for i in synonyms[:5])
-        raise VitcamError(f"class {value!r} is ambiguous: {options}; pass the index instead")
-    close = difflib.get_close_matches(value, class_names, n=3)
-    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-    raise VitcamError(f"class {value!r} is not one of the model's class names{hint}; pass an index or a name")

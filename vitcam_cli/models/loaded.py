@@ -1,0 +1,114 @@
+"""What every model adapter hands the engines: a ``LoadedModel``, and the ``ModelSpec`` that names one.
+
+Whichever library a model comes from, it is loaded into the one shape the engines know (a timm-style
+ViT: patch embed -> blocks -> norm -> forward_head) with its token layout, preprocessing and class names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitcam_cli.engine.geometry import TokenLayout
+from vitcam_cli.errors import ParameterError, VitcamError, literal
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    spec: str
+    layout: TokenLayout
+    data_config: dict[str, Any]
+    transform: Callable[[Any], torch.Tensor]
+    class_names: list[str]
+    class_ids: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        return tuple(self.data_config["input_size"])
+
+    def resolve_class(self, value: str) -> int:
+        return resolve_class(value, self.class_names, self.class_ids)
+
+    def named(self, names: Sequence[str], source: str) -> LoadedModel:
+        """The model with these class names (in class-index order), e.g. for a checkpoint without any."""
+        count = int(self.model.num_classes)
+        if len(names) != count:
+            raise ParameterError(
+                "class_names", f"holds {len(names)} names but the model has {count} classes", source
+            )
+        return replace(self, class_names=list(names), info=self.info | {"class_names": source})
+
+
+def read_class_names(path: Path) -> list[str]:
+    """Class names from a file: one per line in class-index order (blank lines skipped), or a JSON list."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as error:
+        raise ParameterError("class_names", f"cannot read it ({error.strerror})", path) from error
+    except UnicodeDecodeError as error:
+        raise ParameterError("class_names", "not UTF-8 text; save it as UTF-8", path) from error
+    if text.lstrip().startswith("["):
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ParameterError("class_names", f"not a valid JSON list ({literal(error)})", path) from error
+        if not isinstance(names, list) or not all(isinstance(name, str | int) for name in names):
+            raise ParameterError("class_names", "the JSON must be a list of names", path)
+        return [str(name) for name in names]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the command line says about the model: every command loads it the same way."""
+
+    name: str
+    checkpoint: Path | None = None
+    pretrained: bool = True
+    num_classes: int | None = None
+    img_size: tuple[int, int] | None = None
+    class_names: Path | None = None  # one name per line, or a JSON list; None: the model's own
+
+    def load(self, device: torch.device | str = "cpu") -> LoadedModel:
+        from vitcam_cli.models import adapter_for  # the adapters import this module
+
+        loaded = adapter_for(self.name).load(self, device)
+        if self.class_names is None:
+            return loaded
+        return loaded.named(read_class_names(self.class_names), str(self.class_names))
+
+
+def resolve_class(value: str, class_names: list[str], class_ids: list[str] = ()) -> int:
+    """A ``--class`` value: an index, a class id (ImageNet's n01440764), or a class name (case-insensitive;
+    any comma-separated synonym)."""
+    if value.strip().lstrip("-").isdigit():
+        index = int(value)
+        if not 0 <= index < len(class_names):
+            raise VitcamError(f"class {index} is out of range: the model has {len(class_names)} classes")
+        return index
+    if value.strip() in class_ids:
+        return list(class_ids).index(value.strip())
+    wanted = value.strip().lower()
+    exact = [i for i, name in enumerate(class_names) if name.lower() == wanted]
+    if exact:
+        return exact[0]
+    synonyms = [
+        i for i, name in enumerate(class_names) if wanted in (s.strip().lower() for s in name.split(","))
+    ]
+    if len(synonyms) == 1:
+        return synonyms[0]
+    if synonyms:
+        options = "; ".join(f"{i} ({class_names[i]})" for i in synonyms[:5])
+        raise VitcamError(f"class {value!r} is ambiguous: {options}; pass the index instead")
+    close = difflib.get_close_matches(value, class_names, n=3)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    raise VitcamError(f"class {value!r} is not one of the model's class names{hint}; pass an index or a name")
