@@ -96,7 +96,7 @@ def test_merge_refuses_incomplete_or_mixed_shards(tiny_model, folder, tmp_path):
     explain(tiny_model, str(folder), "-o", str(out), "--shard", "2/3")
     code, _, stderr = run("merge", str(out))
     assert code == 2 and "shard 1/3 used other method settings" in stderr
-    explain(tiny_model, str(folder), "-o", str(out), "--shard", "1/3")
+    explain(tiny_model, str(folder), "-o", str(out), "--shard", "1/3", "--overwrite")
     summary = out / "summary.shard-2-of-3.json"
     summary.write_text(summary.read_text().replace('"status": "complete"', '"status": "interrupted"'))
     code, _, stderr = run("merge", str(out))

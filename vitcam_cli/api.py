@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from vitcam_cli.data import DecodePlan
+from vitcam_cli.data import DecodePlan, describe_decode_error
 from vitcam_cli.defaults import (
     DEFAULT_ALPHA,
     DEFAULT_COLORMAP,
@@ -33,7 +33,7 @@ from vitcam_cli.defaults import (
     DEFAULT_OVERLAY_SIDE,
     PROTOCOLS,
 )
-from vitcam_cli.errors import ParameterError, VitcamError
+from vitcam_cli.errors import MissingFileError, NonFiniteError, ParameterError, VitcamError
 from vitcam_cli.methods.base import ClassChooser, Explanation
 from vitcam_cli.methods.factory import canonical_name, create_method
 from vitcam_cli.metrics.adcc import scale_to_input
@@ -160,6 +160,7 @@ class Explainer:
         choose = self._chooser(classes, top_k, labels, inputs.shape[0])
         with torch.inference_mode(), autocast(self.precision, self.device):
             raw = self.method(inputs, choose)
+        self._check_finite(raw)
         classes_cpu = raw.classes.cpu()
         probabilities = torch.softmax(raw.logits.float(), -1).gather(1, raw.classes).cpu()
         names = [[self.class_names[int(c)] for c in row] for row in classes_cpu]
@@ -200,12 +201,33 @@ class Explainer:
         if not listed:
             raise ParameterError("images", "is empty: pass paths, PIL images or a (B, 3, H, W) tensor")
         prepared = [
-            self.plan.prepare(image) if isinstance(image, Image.Image) else self.plan.decode(Path(image))
+            self.plan.prepare(image) if isinstance(image, Image.Image) else self._decode(Path(image))
             for image in listed
         ]
         batch = torch.stack([tensor for tensor, _, _ in prepared]).to(self.device)
         sources = [Source(size, copy, self.preprocessing.view(size)) for _, copy, size in prepared]
         return self.preprocessing.finish(batch), sources
+
+    def _decode(self, path: Path) -> tuple[Tensor, np.ndarray, Size]:
+        """An image file as the command line decodes it; a missing or unreadable one is a typed error."""
+        try:
+            return self.plan.decode(path)
+        except FileNotFoundError as error:
+            raise MissingFileError("images", path) from error
+        except Exception as error:  # whatever Pillow or the file system says, as explain's error rows do
+            raise ParameterError("images", describe_decode_error(error), path) from error
+
+    def _check_finite(self, raw: Explanation) -> None:
+        """Refuse NaN or inf predictions or maps (fp16 overflow, broken weights) rather than return them."""
+        bad = ~(torch.isfinite(raw.logits).all(-1) & torch.isfinite(raw.maps.flatten(1)).all(-1))
+        if bad.any():
+            which = ", ".join(str(i) for i in bad.nonzero().flatten().tolist()[:5])
+            cause = "fp16 overflow: try bf16 or fp32" if self.precision == "fp16" else "broken weights?"
+            parameter = "precision" if self.precision == "fp16" else "model"
+            value = self.precision if self.precision == "fp16" else self.loaded.spec
+            raise NonFiniteError(
+                parameter, f"gives NaN or inf predictions or maps for image {which} ({cause})", value
+            )
 
     def _tensor_inputs(self, images: Tensor) -> tuple[Tensor, list[Source]]:
         expected = tuple(self.loaded.input_size)
@@ -213,6 +235,10 @@ class Explainer:
             raise ParameterError(
                 "images", f"must be (B, {', '.join(map(str, expected))}), not {tuple(images.shape)}"
             )
+        if not torch.isfinite(images).all():
+            bad = (~torch.isfinite(images.flatten(1))).any(-1).nonzero().flatten().tolist()
+            shown = ", ".join(map(str, bad[:5]))
+            raise NonFiniteError("images", f"hold NaN or inf values (image {shown}): pass finite pixels")
         mean = torch.tensor(self.loaded.data_config["mean"]).view(1, -1, 1, 1)
         std = torch.tensor(self.loaded.data_config["std"]).view(1, -1, 1, 1)
         pixels = ((images.detach().float().cpu() * std + mean).clamp(0, 1) * 255 + 0.5).to(torch.uint8)

@@ -25,6 +25,7 @@ from vitcam_cli import __version__
 from vitcam_cli import defaults as D
 from vitcam_cli.config import load_config
 from vitcam_cli.errors import ParameterError, VitcamError, naming
+from vitcam_cli.interrupts import INTERRUPTED_EXIT_CODES, interrupted_exit_code
 
 app = typer.Typer(
     name="vitcam",
@@ -37,7 +38,6 @@ app = typer.Typer(
 MODEL, METHOD, TARGETS, OUTPUT, RUN, DATA, METRICS = (
     "Model", "ViT-ReciproCAM", "Classes to explain", "Output", "Run", "Data", "Metrics",
 )  # fmt: skip
-EXIT_INTERRUPTED = 130
 # library parameters whose flag has another name
 FLAG_ALIASES = {"fuse": "fuse_blocks", "method": "methods"}
 
@@ -231,6 +231,15 @@ EngineOption = Annotated[
     ),
 ]
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=OUTPUT)]
+OverwriteOption = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace an earlier run in --out whole: every file vitcam wrote there is removed first, "
+        "nothing else.",
+        rich_help_panel=OUTPUT,
+    ),
+]
 ColormapOption = Annotated[
     str, typer.Option(help="Any matplotlib colormap for the overlays.", rich_help_panel=OUTPUT)
 ]
@@ -311,7 +320,7 @@ def _run(context: typer.Context, action: Callable[[], int], debug: bool) -> None
     """Run a command; a user error is one line on stderr (a traceback only with --debug)."""
     with one_line_errors(context, debug):
         code = action()
-    if code == EXIT_INTERRUPTED:  # even with --quiet: the one line that says how to get the rest
+    if code in INTERRUPTED_EXIT_CODES:  # even with --quiet: the one line that says how to get the rest
         print("interrupted: rerun the same command with --skip-existing to resume", file=sys.stderr)
     raise typer.Exit(code)
 
@@ -327,9 +336,9 @@ def one_line_errors(context: typer.Context, debug: bool) -> Iterator[None]:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         raise typer.Exit(error.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (see ``interrupts``)
         print("interrupted", file=sys.stderr)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise typer.Exit(interrupted_exit_code(stop)) from None
     except Exception as error:
         if debug:
             raise
@@ -566,7 +575,7 @@ def explain(
     skip_existing: Annotated[
         bool,
         typer.Option(
-            help="Resume: keep finished images in --out and process only the missing ones.",
+            help="Resume: keep the finished images in --out, explain the rest (new inputs too).",
             rich_help_panel=OUTPUT,
         ),
     ] = False,
@@ -577,6 +586,7 @@ def explain(
         ),
     ] = False,
     batch_size: BatchSizeOption = D.EXPLAIN_BATCH,
+    overwrite: OverwriteOption = False,
     model: Any = None,
     overrides: Any = None,
     run: Any = None,
@@ -699,6 +709,7 @@ def evaluate(
         bool, typer.Option(help="Print the comparison as a Markdown table to stdout.", rich_help_panel=OUTPUT)
     ] = False,
     batch_size: BatchSizeOption = D.EVALUATE_BATCH,
+    overwrite: OverwriteOption = False,
     run: Any = None,
     model: Any = None,
     launch: Any = None,

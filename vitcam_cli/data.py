@@ -20,6 +20,8 @@ from torchvision.transforms import InterpolationMode
 
 from vitcam_cli.defaults import DEFAULT_OVERLAY_SIDE
 from vitcam_cli.errors import ParameterError, VitcamError, literal
+from vitcam_cli.interrupts import leave_sigterm_to_the_main_process
+from vitcam_cli.outputs.folder import is_output_folder
 from vitcam_cli.preprocessing import Preprocessing, Size, resize_pixels
 from vitcam_cli.turns import Turns
 
@@ -69,11 +71,25 @@ def resolved(path: Path) -> Path:
         return absolute(path)
 
 
-def _scan(root: Path, skip: set[Path]) -> Iterable[Path]:
+def _scan(root: Path, skip: set[Path], skipped: list[Path]) -> Iterable[Path]:
     """Image files under ``root`` (linked files included, whatever they point at; linked folders not
-    entered), never inside the (resolved) folders of ``skip``."""
+    entered), never inside the (resolved) folders of ``skip`` nor inside vitcam's output folders (those
+    are added to ``skipped``); ``root`` itself an output folder: its overlays and maps are skipped."""
+    if is_output_folder(root):  # named as an input: the images in it are, but not vitcam's own
+        own = [f for f in output_folders(root)[1:] if f.is_dir() and resolved(f) not in skip]
+        skip = skip | {resolved(folder) for folder in own}
+        skipped.extend(own)
     for directory, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(name for name in subdirs if resolved(Path(directory) / name) not in skip)
+        kept = []
+        for name in sorted(subdirs):
+            path = Path(directory) / name
+            if resolved(path) in skip:
+                continue
+            if is_output_folder(path):
+                skipped.append(path)
+                continue
+            kept.append(name)
+        subdirs[:] = kept
         for name in files:
             if name.lower().endswith(IMAGE_EXTENSIONS):
                 yield Path(directory) / name
@@ -98,12 +114,17 @@ def output_folders(out: Path) -> tuple[Path, ...]:
 
 
 def discover(
-    inputs: Sequence[str], listed: Sequence[Path] = (), skip: Sequence[Path] = ()
+    inputs: Sequence[str],
+    listed: Sequence[Path] = (),
+    skip: Sequence[Path] = (),
+    skipped: list[Path] | None = None,
 ) -> list[ImageItem]:
     """All images under ``inputs`` (files or folders, recursive) plus ``listed`` files, in sorted order.
 
     Folders are searched without entering the folders of ``skip`` (see ``output_folders``: a run never
-    explains its own overlays); files named explicitly are taken wherever they are.
+    explains its own overlays) nor any earlier run's output folder (recognised by vitcam's marker, see
+    ``outputs.folder``; each one is added to ``skipped``); files named explicitly are taken wherever
+    they are.
 
     Output keys mirror each image's path relative to the common parent of the inputs, so that two
     folders with the same file names never collide; an image whose stem is shared with a sibling
@@ -114,11 +135,12 @@ def discover(
     found: dict[Path, Path] = {}
     roots: list[Path] = []
     outputs = {resolved(folder) for folder in skip}
+    skipped = [] if skipped is None else skipped
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
             roots.append(absolute(path))
-            for file in _scan(path, outputs):
+            for file in _scan(path, outputs, skipped):
                 found.setdefault(absolute(file), file)
         elif path.is_file():
             roots.append(absolute(path).parent)
@@ -375,6 +397,7 @@ def make_loader(dataset: ImageFiles, batch_size: int, workers: int, pin_memory: 
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,
+        worker_init_fn=leave_sigterm_to_the_main_process if workers > 0 else None,
         **options,
     )
 

@@ -80,3 +80,15 @@ class ParameterError(VitcamError, ValueError):
 
 class UnsupportedModelError(VitcamError):
     """The model is not a ViT the masked-token engine (or the asked-for method) can run on."""
+
+
+class NonFiniteError(ParameterError):
+    """NaN or inf in the input images, or in what the model made of them: never returned as maps."""
+
+
+class MissingFileError(ParameterError, FileNotFoundError):
+    """A file named as an input does not exist (also a ``FileNotFoundError``, with its ``filename``)."""
+
+    def __init__(self, parameter: str, path: object) -> None:
+        super().__init__(parameter, "no such file", path)
+        self.filename = str(path)

@@ -42,10 +42,12 @@ from vitcam_cli.data import (
 )
 from vitcam_cli.distributed import Shard, process_group, rank_device, torchrun_rank
 from vitcam_cli.errors import ParameterError
+from vitcam_cli.interrupts import sigterm_as_interrupt
 from vitcam_cli.methods.base import ClassChooser, Explanation, SaliencyMethod
 from vitcam_cli.metrics.localization import BoxMasks
 from vitcam_cli.metrics.measure import MetricSettings, measure
 from vitcam_cli.models import LoadedModel
+from vitcam_cli.outputs.folder import clear, is_output_folder, refuse_reuse
 from vitcam_cli.outputs.lock import OutputLock
 from vitcam_cli.outputs.overlay import view_in
 from vitcam_cli.outputs.results import ImageResult, MethodOutput, Sink
@@ -295,10 +297,26 @@ def progress_bar(console: Console, label: str, quiet: bool) -> Progress | Progre
     )
 
 
+def note_skipped(skipped: list[Path], quiet: bool) -> None:
+    """Say once that earlier output folders among the inputs were not searched for images."""
+    if skipped:
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        shown = ", ".join(map(str, skipped[:3])) + more
+        Console(stderr=True, quiet=quiet).print(
+            f"skipped {len(skipped)} vitcam output folder{'s' * (len(skipped) > 1)} among the inputs "
+            f"(not searched for images): {shown}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 class Command(Protocol):
     """What ``explain`` and ``evaluate`` each add to a run."""
 
     out: Path
+    resume: bool  # keep an earlier run in ``out`` and add to it (--skip-existing)
+    overwrite: bool  # replace an earlier run in ``out`` whole (--overwrite)
+    resumable: bool  # whether the command can resume at all
 
     def run(self, shard: Shard | None, device: torch.device, quiet: bool) -> int:
         """This process's images (all, or a shard's, then into part files); returns the exit code."""
@@ -310,12 +328,23 @@ class Command(Protocol):
 
 
 def run_command(command: Command, shard: Shard | None, device: str, quiet: bool) -> int:
-    """One process, a hand-made shard, or under torchrun one shard per rank merged by rank 0."""
-    ranked = torchrun_rank()
-    if ranked is None:
-        resolved = resolve_device(device)
-        with OutputLock(command.out, shard):
-            return command.run(shard, resolved, quiet)
+    """One process, a hand-made shard, or under torchrun one shard per rank merged by rank 0; SIGTERM
+    stops any of them as Ctrl-C does."""
+    with sigterm_as_interrupt():
+        ranked = torchrun_rank()
+        if ranked is None:
+            resolved = resolve_device(device)
+            with OutputLock(command.out, shard):
+                refuse_reuse(command.out, shard, command.resume, command.overwrite, command.resumable)
+                return command.run(shard, resolved, quiet)  # it clears the folder (--overwrite) itself
+        return _run_ranks(command, shard, device, quiet, ranked)
+
+
+def _run_ranks(
+    command: Command, shard: Shard | None, device: str, quiet: bool, ranked: tuple[int, int, int]
+) -> int:
+    """Every torchrun rank runs its shard; rank 0 merges them. The ranks check the folder as one whole
+    run before any of them writes, so they all take the same decision; rank 0 clears it for all."""
     if shard is not None:
         raise ParameterError(
             "shard", "splits a run by hand; under torchrun every rank takes its shard itself"
@@ -323,6 +352,12 @@ def run_command(command: Command, shard: Shard | None, device: str, quiet: bool)
     rank, world, local_rank = ranked
     resolved = rank_device(resolve_device(device), local_rank)
     with process_group(resolved), OutputLock(command.out, Shard(rank, world)):
+        refuse_reuse(command.out, None, command.resume, command.overwrite, command.resumable)
+        dist.barrier()  # every rank has looked at the folder as it was
+        if rank == 0 and command.overwrite and is_output_folder(command.out):
+            clear(command.out, None)
+        command.overwrite = False  # done for every rank, before any of them writes
+        dist.barrier()
         code = command.run(Shard(rank, world), resolved, quiet or rank > 0)
         dist.barrier()  # every rank's part files are complete
         if rank == 0:

@@ -47,6 +47,7 @@ from vitcam_cli.metrics.aggregate import METRICS, Totals, bootstrap_intervals
 from vitcam_cli.metrics.measure import MetricSettings
 from vitcam_cli.models import LoadedModel, ModelSpec
 from vitcam_cli.outputs.atomic import atomic_text_stream, write_atomic, write_json_atomic
+from vitcam_cli.outputs.folder import Journal, start_writing
 from vitcam_cli.outputs.manifest import FAILURES_KEPT
 from vitcam_cli.outputs.overlay import OverlaySettings, encode_overlay, overlay_extension, render_overlay
 from vitcam_cli.outputs.report import (
@@ -63,7 +64,15 @@ from vitcam_cli.outputs.report import (
 )
 from vitcam_cli.outputs.results import ImageResult, MethodOutput
 from vitcam_cli.outputs.rows import EVALUATE_COLUMNS, Row
-from vitcam_cli.runner import EXIT_OK, EXIT_SOME_FAILED, BatchRun, MethodClock, RunSettings, progress_bar
+from vitcam_cli.runner import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    BatchRun,
+    MethodClock,
+    RunSettings,
+    note_skipped,
+    progress_bar,
+)
 from vitcam_cli.runtime import check_precision, library_versions
 from vitcam_cli.turns import Turns
 
@@ -94,6 +103,7 @@ class EvaluateOptions:
     markdown: bool = False
     bootstrap: int = 0  # draws for 95% intervals (0: none)
     run: RunSettings = field(default_factory=lambda: RunSettings(batch_size=EVALUATE_BATCH))
+    overwrite: bool = False  # replace an earlier run in ``out`` whole
 
     def check(self) -> None:
         self.run.check()
@@ -221,7 +231,10 @@ class PerImageRows:
         options: EvaluateOptions,
         loaded: LoadedModel,
         truth_of: dict[Path, int | str] | None,
+        journal: Journal | None = None,
     ) -> None:
+        """``journal`` records every overlay before it is written (``--overwrite`` removes them)."""
+        self.journal = journal or Journal(options.out)
         self.writer = csv.DictWriter(handle, fieldnames=EVALUATE_COLUMNS)
         self.writer.writeheader()
         self.options = options
@@ -251,6 +264,7 @@ class PerImageRows:
     def _save(self, image: ImageResult, name: str) -> str:
         link = overlay_link(image, name, self.options.overlay)
         data = encode_overlay(_overlay(image, name, self.options.overlay), Path(link).suffix[1:])
+        self.journal.add(link)
         write_atomic(self.options.out / link, lambda handle: handle.write(data))
         return link
 
@@ -337,6 +351,10 @@ class Evaluate:
         self.options = options
         self.stdout = stdout or sys.stdout
         self.out = options.out
+        self.resume = False
+        self.overwrite = options.overwrite
+        self.resumable = False  # an evaluation is run whole: replaced, never resumed
+        self.skipped: list[Path] = []  # earlier output folders in the data, not searched
 
     def run(self, shard: Shard | None, device: torch.device, quiet: bool) -> int:
         part = self._evaluate(shard, device, quiet)
@@ -358,11 +376,11 @@ class Evaluate:
         options.check()
         names = list(dict.fromkeys(canonical_name(spec) for spec in options.methods))
         check_precision(options.run.precision, device)
-        items = _subset(
-            discover([str(options.data)], skip=output_folders(options.out)), options.limit, options.seed
-        )
+        found = discover([str(options.data)], skip=output_folders(options.out), skipped=self.skipped)
+        items = _subset(found, options.limit, options.seed)
         if not items:
             raise ParameterError("data", "no images found", options.data)
+        note_skipped(self.skipped, quiet)
         loaded = options.model.load(device)
         truth_of = _ground_truth(options, items, loaded)
         if options.target == "label" and truth_of is None:
@@ -380,14 +398,17 @@ class Evaluate:
         suffix = shard.suffix if shard else ""
         progress = progress_bar(Console(stderr=True, quiet=quiet), "evaluating", quiet)
         task = progress.add_task("evaluate", total=len(items))
+        start_writing(options.out, shard, self.overwrite)
+        journal = Journal(options.out, suffix)
         with atomic_text_stream(options.out / f"per_image{suffix}.csv") as handle, progress:
-            sinks = [totals, PerImageRows(handle, options, loaded, truth_of), gallery]
+            sinks = [totals, PerImageRows(handle, options, loaded, truth_of, journal), gallery]
             for item in items:
                 if item in unusable:  # no label, or no labelled box, for it
                     for sink in sinks:
                         sink.failed(item, unusable[item])
                     progress.advance(task)
             run.stream(sinks, lambda count: progress.advance(task, count))
+        journal.close()
         return Part(
             header=self._header(loaded, names, str(device)),
             names=names,
@@ -487,6 +508,7 @@ class Evaluate:
             else {"metric": options.metric, "threshold": options.fail_under},
             "bootstrap": options.bootstrap,
             "colormap": options.overlay.colormap,
+            "output_folders_skipped": len(self.skipped),
         }
 
 

@@ -31,6 +31,7 @@ from vitcam_cli.data import (
 from vitcam_cli.defaults import DEFAULT_PRESET, EXPLAIN_BATCH, PRESET_NAMES
 from vitcam_cli.distributed import Shard, input_record
 from vitcam_cli.errors import ParameterError, VitcamError
+from vitcam_cli.interrupts import interrupted_exit_code
 from vitcam_cli.methods.base import SaliencyMethod
 from vitcam_cli.methods.factory import (
     BASELINES,
@@ -45,6 +46,7 @@ from vitcam_cli.metrics.aggregate import METRICS
 from vitcam_cli.metrics.measure import MetricSettings
 from vitcam_cli.models import LoadedModel, ModelSpec
 from vitcam_cli.outputs.atomic import remove_stale_temporaries, write_json_atomic
+from vitcam_cli.outputs.folder import Journal, start_writing
 from vitcam_cli.outputs.manifest import Counts, Manifest
 from vitcam_cli.outputs.merge import merge_shards
 from vitcam_cli.outputs.overlay import OverlaySettings
@@ -52,11 +54,11 @@ from vitcam_cli.outputs.report import THUMBNAIL_SIDE, Charts, Gallery, write_rep
 from vitcam_cli.outputs.rows import Row
 from vitcam_cli.outputs.writer import ExplainWriter, Outputs
 from vitcam_cli.runner import (
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
     BatchRun,
     RunSettings,
+    note_skipped,
     progress_bar,
 )
 from vitcam_cli.runtime import check_precision, device_label, library_versions
@@ -86,6 +88,7 @@ class ExplainOptions:
     skip_existing: bool = False
     jsonl: bool = False  # every row also as a JSON line on stdout
     run: RunSettings = field(default_factory=lambda: RunSettings(batch_size=EXPLAIN_BATCH))
+    overwrite: bool = False  # replace an earlier run in ``out`` whole
 
     def check(self) -> None:
         self.run.check()
@@ -226,6 +229,11 @@ class Explain:
         self.stdin = stdin
         self.stdout = stdout or sys.stdout
         self.out = options.out
+        self.resume = options.skip_existing
+        self.overwrite = options.overwrite
+        self.resumable = True
+        self.skipped: list[Path] = []  # earlier output folders among the inputs, not searched
+        self.interrupted: int | None = None  # the exit code of an interrupted run (Ctrl-C, SIGTERM)
 
     def merge(self, folders: list[Path], destination: Path, quiet: bool) -> int:
         return merge_explanations(folders, destination, quiet)
@@ -236,6 +244,7 @@ class Explain:
         options.check()
         check_precision(options.run.precision, device)
         every = self._items()
+        note_skipped(self.skipped, quiet)
         items = shard.take(every) if shard else every
         loaded = options.model.load(device)
         request = target_request(options, loaded)
@@ -256,7 +265,9 @@ class Explain:
             "out": str(options.out),
             "shard": f"{shard.index}/{shard.count}" if shard else None,
             "inputs": input_record(every),
+            "output_folders_skipped": len(self.skipped),
         }
+        start_writing(options.out, shard, self.overwrite)
         write_json_atomic(options.out / f"summary{part}.json", summary)
         manifest = Manifest(options.out, options.skip_existing, options.save_maps, part, options.overlays)
         todo = [item for item in items if not manifest.finished(str(item.path), item.target)]
@@ -273,7 +284,7 @@ class Explain:
         )
         writer = ExplainWriter(
             options.out, manifest, self._emit, self._outputs(), name, loaded.class_names, run.turns,
-            labelled=request.from_labels,
+            labelled=request.from_labels, journal=Journal(options.out, part),
         )  # fmt: skip
         try:
             status = self._stream(run, writer, manifest, todo, unlabelled, quiet)
@@ -303,15 +314,15 @@ class Explain:
         if shard is None:  # a shard's report comes with the merge
             write_explain_report(options.out / "report.html", summary, writer.gallery, counts)
         Console(stderr=True, quiet=quiet).print(summary_table(summary))
-        if status == "interrupted":
-            return EXIT_INTERRUPTED
+        if self.interrupted is not None:
+            return self.interrupted
         return EXIT_SOME_FAILED if counts.images_error else EXIT_OK
 
     def _items(self) -> list[ImageItem]:
         """The inputs (never the run's own outputs), all of them: a shard takes its share."""
         options = self.options
         listed = read_path_list(options.files_from, self.stdin) if options.files_from else []
-        items = discover(options.inputs, listed, skip=output_folders(options.out))
+        items = discover(options.inputs, listed, skip=output_folders(options.out), skipped=self.skipped)
         if not items:
             where = ", ".join(options.inputs) or options.files_from
             raise VitcamError(f"no images found in {where} (looked for {', '.join(IMAGE_EXTENSIONS)})")
@@ -385,7 +396,8 @@ class Explain:
                 progress.advance(task, len(failing))
                 run.stream([writer], lambda count: progress.advance(task, count))
                 writer.drain()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: what was explained is kept
+            self.interrupted = interrupted_exit_code(stop)  # the code only: its traceback holds the loader
             writer.drain()
             return "interrupted"
         except OSError as error:  # out of disk space, the folder removed or made read-only mid-run

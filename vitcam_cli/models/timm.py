@@ -22,6 +22,7 @@ from torch import nn
 
 from vitcam_cli.engine.geometry import token_layout
 from vitcam_cli.errors import ParameterError, VitcamError, literal
+from vitcam_cli.models.files import check_model_folder
 from vitcam_cli.models.loaded import LoadedModel, ModelSpec
 
 OFFLINE_HINT = (
@@ -193,17 +194,22 @@ def _check_hub(spec: str, name: str) -> None:
 
 def _create(spec: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     """``timm.create_model`` with seeded random weights, its failures as one clear error."""
+    name = spec
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # random weights (no pretrained weights, new heads) are the same every run
             name = resolve_model_name(spec)
-            if pretrained:
+            if name.startswith("local-dir:"):
+                check_model_folder(Path(name.removeprefix("local-dir:")), "model", spec, weights=pretrained)
+            elif pretrained:
                 _check_hub(spec, name)
             return timm.create_model(name, pretrained=pretrained, **kwargs)
     except VitcamError:
         raise
     except Exception as error:
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
+        if pretrained and name.startswith("local-dir:"):  # files on disk: the network is not the cause
+            raise ParameterError("model", f"cannot load its weights ({literal(reason)})", spec) from error
         if pretrained:
             raise ParameterError(
                 "model",

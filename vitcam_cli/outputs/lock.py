@@ -1,15 +1,19 @@
 """One run per output folder: a second run writing into a folder in use is refused, never interleaved.
 
 A run holds ``.vitcam.lock`` in its output folder, a shard ``.vitcam.shard-I-of-N.lock``: shards of one
-run share the folder, but no shard runs beside a whole run. The files are held with ``flock``, which
-the kernel releases when the process ends however it ends (kill -9 included): a lock left by a dead
-process is taken over by the next run, and only a live one refuses it. ``flock`` works between
-processes of one host and on local and NFSv4 folders.
+run share the folder, but no shard runs beside a whole run. The files are held with POSIX record locks
+(``fcntl`` ``F_SETLK``), which belong to the process that took them: the kernel releases one the moment
+its process ends, however it ends (kill -9 included), and a forked child (a DataLoader worker) never
+holds it. (``flock`` locks belong to the open file instead and are shared with every child that
+inherited the descriptor, so a dead run's workers would keep its folder locked while they exit.) A
+lock left by a dead process is taken over at once by the next run; only a live one refuses it. The locks
+hold between processes of one host and on NFS folders; within one process they do not exclude.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -37,6 +41,17 @@ def _holder(fd: int) -> str:
         return "a process that has not said who it is"
 
 
+def _try_lock(fd: int, kind: int) -> bool:
+    """Take a POSIX lock of ``kind`` (``LOCK_EX`` or ``LOCK_SH``) on the whole file, without waiting."""
+    try:
+        fcntl.lockf(fd, kind | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EAGAIN):
+            return False
+        raise
+    return True
+
+
 def _live_holder(path: Path) -> str | None:
     """Who holds ``path`` now, or None when nobody does (no file, or a dead process's)."""
     try:
@@ -44,11 +59,9 @@ def _live_holder(path: Path) -> str | None:
     except OSError:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _holder(fd)
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        if not _try_lock(fd, fcntl.LOCK_SH):  # a shared lock is refused while a run holds it
+            return _holder(fd)
+        fcntl.lockf(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
@@ -87,12 +100,10 @@ class OutputLock:
         """The lock file's descriptor, locked; the file may be replaced by a holder that just let go."""
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _try_lock(fd, fcntl.LOCK_EX):
                 holder = _holder(fd)
                 os.close(fd)
-                raise self._in_use(holder, self._own()) from None
+                raise self._in_use(holder, self._own())
             with contextlib.suppress(FileNotFoundError):
                 if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
                     return fd

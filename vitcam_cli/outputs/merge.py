@@ -21,6 +21,7 @@ from vitcam_cli.distributed import collect_shards
 from vitcam_cli.errors import VitcamError
 from vitcam_cli.metrics.adcc import PARTS
 from vitcam_cli.outputs.atomic import write_atomic, write_json_atomic
+from vitcam_cli.outputs.folder import mark
 from vitcam_cli.outputs.manifest import Counts, jsonl, read_rows, write_results_csv
 from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail
 from vitcam_cli.outputs.rows import Row
@@ -71,6 +72,7 @@ def merge_shards(
         rows += found
     rows.sort(key=lambda row: row.path)  # stable: an image's classes keep their order
     destination.mkdir(parents=True, exist_ok=True)
+    mark(destination)  # a merged run is an output folder too: never searched for images
     text = jsonl(rows)
     write_atomic(destination / "results.jsonl", lambda handle: handle.write(text.encode()))
     counts: Counts = write_results_csv(destination / "results.csv", rows)

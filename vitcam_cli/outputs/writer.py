@@ -21,6 +21,7 @@ import torch
 from vitcam_cli.data import ImageItem
 from vitcam_cli.metrics.adcc import PARTS
 from vitcam_cli.outputs.atomic import write_atomic
+from vitcam_cli.outputs.folder import Journal
 from vitcam_cli.outputs.manifest import Manifest
 from vitcam_cli.outputs.overlay import OverlaySettings, encode_overlay, overlay_extension, render_overlay
 from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail
@@ -91,8 +92,10 @@ class ExplainWriter:
         class_names: list[str],
         turns: Turns,
         labelled: bool = False,
+        journal: Journal | None = None,
     ) -> None:
-        """``labelled``: the explained classes are the images' labels (cards mark wrong predictions)."""
+        """``labelled``: the explained classes are the images' labels (cards mark wrong predictions);
+        ``journal`` records every file before it is written (``--overwrite`` later removes them all)."""
         self.out = out
         self.manifest = manifest
         self.emit = emit
@@ -101,6 +104,7 @@ class ExplainWriter:
         self.class_names = class_names
         self.turns = turns
         self.labelled = labelled
+        self.journal = journal or Journal(out)
         self.pool = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="vitcam-writer")
         self.pending: deque[Future[list[Row]]] = deque()
         self.gallery = Gallery(limit=GALLERY_LIMIT)  # the report's worst and best rows by ADCC
@@ -132,11 +136,13 @@ class ExplainWriter:
         while self.pending:
             self.flush(wait=True)
         self.pool.shutdown(wait=True)
+        self.journal.close()
 
     def abandon(self) -> None:
         """Stop after a write failed: rows not yet in the manifest are dropped, their images redone later."""
         self.pending.clear()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.journal.close()
 
     def _render(self, image: ImageResult, saliency: torch.Tensor) -> np.ndarray:
         overlay = self.outputs.overlay
@@ -152,9 +158,11 @@ class ExplainWriter:
             rendered = self._render(image, saliency) if row.overlay else None
             if row.overlay and rendered is not None:
                 data = encode_overlay(rendered, Path(row.overlay).suffix[1:])
+                self.journal.add(row.overlay)
                 write_atomic(self.out / row.overlay, lambda handle, data=data: handle.write(data))
             if row.map:
                 raw = saliency.numpy().astype(np.float32)
+                self.journal.add(row.map)
                 write_atomic(self.out / row.map, lambda handle, raw=raw: np.save(handle, raw))
             self._offer(row, functools.partial(self._picture, image, saliency, rendered), predicted)
         return rows
