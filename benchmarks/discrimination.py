@@ -94,7 +94,7 @@ def evaluate(model: str, split: str, methods: list[str], out: Path, cache: Path,
         data=data, model=ModelSpec(model), boxes=data / "boxes.csv",
         labels=None if two else data / "labels.csv", target="boxes" if two else "label",
         methods=methods, insertion_deletion=False, out=out, bootstrap=bootstrap,
-        run=RunSettings(batch_size=25, workers=1),
+        run=RunSettings(batch_size=25, workers=1), overwrite=True,
     )  # fmt: skip
     started = time.perf_counter()
     run_command(Evaluate(options), None, "cpu", quiet=True)

@@ -28,6 +28,7 @@ def run(model: str, data: Path, protocol: str, out: Path) -> dict:
     options = EvaluateOptions(
         data=data, model=ModelSpec(model), labels=data / "labels.csv", target="label", methods=METHODS,
         protocol=protocol, out=out, run=RunSettings(batch_size=25, workers=1),
+        overwrite=True,
     )  # fmt: skip
     started = time.perf_counter()
     run_command(Evaluate(options), None, "cpu", quiet=True)

@@ -55,7 +55,7 @@ def evaluate(
     options = EvaluateOptions(
         data=data, model=ModelSpec(model), labels=data / "labels.csv", boxes=data / "boxes.csv",
         target="label", methods=methods, steps=steps, out=out, bootstrap=bootstrap,
-        run=RunSettings(batch_size=25, workers=1),
+        run=RunSettings(batch_size=25, workers=1), overwrite=True,
     )  # fmt: skip
     run_command(Evaluate(options), None, "cpu", quiet=True)
     return json.loads((out / "metrics.json").read_text())
