@@ -198,12 +198,14 @@ def test_bad_overlay_options_are_one_line(tiny_model, photos, tmp_path):
 @pytest.mark.parametrize("where", ["inside", "itself"])
 def test_outputs_inside_an_input_folder_are_not_explained(tiny_model, photos, where):
     out = photos / "results" if where == "inside" else photos
-    for _ in range(2):
-        code, _, stderr = explain(tiny_model, str(photos), "-o", str(out), "--save-maps")
+    for again in ([], ["--overwrite"]):
+        code, _, stderr = explain(tiny_model, str(photos), "-o", str(out), "--save-maps", *again)
         assert code == 0, stderr
         assert len(rows_of(out)) == 4
     assert len(discover([str(photos)], skip=output_folders(out))) == 4
-    assert len(discover([str(photos)])) == 8  # without the rule, the overlays would be inputs
+    assert len(discover([str(photos)])) == 4  # an earlier run's folder is known by its marker too
+    (out / ".vitcam-output").unlink()
+    assert len(discover([str(photos)])) == 8  # without either rule, the overlays would be inputs
 
 
 def test_heat_indices_equal_torch_bilinear_upsampling():

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from PIL import Image
 from tests.conftest import noise, noise_folder
 from tests.test_cli import VITCAM, explain, rows_of, run
 from tests.test_evaluate import evaluate, write_labelled
-from tests.test_faults import SLOW, assert_outputs_whole, wait_for_rows
+from tests.test_faults import SLOW, assert_outputs_whole
 from vitcam_cli import Explainer
 from vitcam_cli.errors import MissingFileError, NonFiniteError, ParameterError, VitcamError
 
@@ -204,19 +205,28 @@ def test_damaged_model_files_are_named_not_blamed_on_the_network(tiny_model, tmp
     assert code == 0, stderr  # random weights: the weights file is not read
 
 
+def rows_written(out: Path, count: int, process: subprocess.Popen, seconds: float = 900) -> None:
+    """Wait until the run has written ``count`` rows (a generous limit: a loaded machine is slow)."""
+    deadline = time.monotonic() + seconds
+    while process.poll() is None and time.monotonic() < deadline:
+        jsonl = out / "results.jsonl"
+        if jsonl.exists() and jsonl.read_bytes().count(b"\n") >= count:
+            return
+        time.sleep(0.05)
+    process.kill()
+    _, stderr = process.communicate()
+    raise AssertionError(f"{count} rows not written (exit {process.returncode}): {stderr[-2000:]}")
+
+
 def test_sigterm_stops_like_ctrl_c_and_an_immediate_resume_finishes(tmp_path):
     """The slow settings of test_faults: each image takes long enough that the run is mid-way when the
     signal comes; decoding in two worker processes, which must not keep the folder locked."""
-    many, out = noise_folder(tmp_path / "many", 16, seed=860, size=(120, 160), digits=2), tmp_path / "out"
+    many, out = noise_folder(tmp_path / "many", 8, seed=860, size=(120, 160)), tmp_path / "out"
     command = [*VITCAM, "explain", str(many), "-o", str(out), *SLOW, "--workers", "2"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_rows(out, 2, process)
-    except AssertionError:
-        process.kill()
-        raise AssertionError(process.communicate()[1][-3000:]) from None
+    rows_written(out, 2, process)
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=600)
     assert process.returncode == 143, stderr
     assert "rerun the same command with --skip-existing" in stderr and "Traceback" not in stderr
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
@@ -225,7 +235,7 @@ def test_sigterm_stops_like_ctrl_c_and_an_immediate_resume_finishes(tmp_path):
     done = len(rows_of(out))
     result = subprocess.run([*command, "--skip-existing"], capture_output=True, text=True)  # at once
     assert result.returncode == 0, result.stderr
-    assert len(rows_of(out)) == 16
+    assert len(rows_of(out)) == 8
     assert json.loads((out / "summary.json").read_text())["images"]["skipped"] == done
 
 
