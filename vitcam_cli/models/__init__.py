@@ -55,7 +55,10 @@ def load_model(
 
 
 def wrap_model(
-    model: nn.Module, device: torch.device | str = "cpu", name: str | None = None, image_processor: object = None
+    model: nn.Module,
+    device: torch.device | str = "cpu",
+    name: str | None = None,
+    image_processor: object = None,
 ) -> LoadedModel:
     """A model object already in memory, from any supported library, ready to explain (a transformers
     model with its image processor, when it was not loaded from a folder or Hub id)."""

@@ -56,7 +56,9 @@ def _normalisation(processor: Any, source: str) -> tuple[tuple[float, ...], tupl
         float(getattr(processor, "rescale_factor", 1 / 255)), 1 / 255
     ):
         raise ParameterError(
-            "model", f"its image processor must rescale pixels by 1/255 (do_rescale, {PROCESSOR_FILE})", source
+            "model",
+            f"its image processor must rescale pixels by 1/255 (do_rescale, {PROCESSOR_FILE})",
+            source,
         )
     if not getattr(processor, "do_normalize", True):
         return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
@@ -66,7 +68,9 @@ def _normalisation(processor: Any, source: str) -> tuple[tuple[float, ...], tupl
 def data_config(processor: Any, source: str) -> dict[str, Any]:
     """timm's data config (input_size, interpolation, crop_pct, crop_mode, mean, std) for ``processor``."""
     if not getattr(processor, "do_resize", True):
-        raise ParameterError("model", f"its image processor must resize (do_resize, {PROCESSOR_FILE})", source)
+        raise ParameterError(
+            "model", f"its image processor must resize (do_resize, {PROCESSOR_FILE})", source
+        )
     mode, resize = _resize(processor, source)
     crop_size = getattr(processor, "crop_size", None)
     if getattr(processor, "do_center_crop", False) and crop_size is not None:

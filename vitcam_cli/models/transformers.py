@@ -139,9 +139,7 @@ def _model_class(transformers: Any, config: Any, spec: str) -> Any:
 
     architectures = list(getattr(config, "architectures", None) or [])
     if not architectures:
-        raise ParameterError(
-            "model", f"its config.json names no architectures; {SUPPORTED_CLASSES}", spec
-        )
+        raise ParameterError("model", f"its config.json names no architectures; {SUPPORTED_CLASSES}", spec)
     if architectures[0] not in ARCHITECTURES:
         raise ParameterError("model", f"{architectures[0]} is not supported; {SUPPORTED_CLASSES}", spec)
     return getattr(transformers, architectures[0])
@@ -254,8 +252,8 @@ def _check_probe(model: nn.Module, converted: nn.Module, size: tuple[int, int], 
     if not torch.allclose(actual, expected, rtol=PROBE_TOLERANCE, atol=PROBE_TOLERANCE):
         difference = float((actual - expected).abs().max())
         raise UnsupportedModelError(
-            f"{name}: its timm conversion gives other logits than transformers' forward (by {difference:.2g}); "
-            "this configuration of the model is not supported"
+            f"{name}: its timm conversion gives other logits than transformers' forward (by "
+            f"{difference:.2g}); this configuration of the model is not supported"
         )
 
 
