@@ -24,11 +24,13 @@ from torch import Tensor, nn
 
 from tests.conftest import noise
 from tests.hf_models import CLASS_NAMES, CLASSES, FIVE, save_classifier, tiny_classifier
+from tests.models import tiny_vit
 from tests.test_cli import rows_of, run
 from tests.test_distributed import assert_same_rows
 from tests.test_evaluate import write_labelled
 from vitcam_cli.api import Explainer
 from vitcam_cli.defaults import PUBLISHED_PRESETS
+from vitcam_cli.errors import ParameterError
 from vitcam_cli.methods.factory import create_method
 from vitcam_cli.methods.reciprocam import PRESETS
 from vitcam_cli.models import load_model
@@ -221,7 +223,7 @@ def test_explain_evaluate_and_bench_on_a_transformers_folder(folders, images, tm
         assert [key.split(":")[0] for key in metrics["methods"]] == methods.split(",")
     code, stdout, stderr = run(
         "bench", "--model", str(folders["ViTForImageClassification"]), "-b", "2", "--repeat", "1",
-        "--warmup", "0", "--device", "cpu", "--json",
+        "--warmup", "0", "--device", "cpu", "--json", "--no-pretrained",  # seeded random weights
     )  # fmt: skip
     assert code == 0, stderr
     assert all(run_["engine"] == "fast" and run_["ratio"] > 0 for run_ in json.loads(stdout)["runs"])
@@ -258,8 +260,10 @@ def test_python_api_takes_the_model_object_with_or_without_its_processor(folders
     assert torch.allclose(first.heatmaps(), second.heatmaps(), atol=1e-5)
     assert torch.allclose(first.heatmaps(), third.heatmaps(), atol=1e-5)
     assert from_object.class_names == CLASS_NAMES
-    with pytest.raises(Exception, match="image_processor"):
+    with pytest.raises(ParameterError, match=r"image_processor.*not loaded from a folder"):
         Explainer(tiny_classifier("ViTForImageClassification")[0])
+    with pytest.raises(ParameterError, match=r"image_processor.*does not apply to a VisionTransformer"):
+        Explainer(tiny_vit("cls"), image_processor=processor)
 
 
 def test_older_transformers_key_names_read_the_same(folders):
@@ -322,6 +326,7 @@ def test_hub_ids_load_from_the_cache_offline_and_fail_fast_when_not_cached(folde
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--model hf:tiny-org/not-cached" in result.stderr
+    assert "not cached" in result.stderr and "HF_HUB_OFFLINE" in result.stderr
 
 
 # ---- bad input: one line each ----

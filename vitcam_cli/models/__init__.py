@@ -7,6 +7,7 @@ last and accepts every string. Optional model libraries are imported only when t
 
 from __future__ import annotations
 
+import inspect
 from importlib import import_module
 from pathlib import Path
 from types import ModuleType
@@ -14,6 +15,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from vitcam_cli.errors import ParameterError
 from vitcam_cli.models.loaded import LoadedModel, ModelSpec, read_class_names, resolve_class
 from vitcam_cli.models.timm import BUNDLED_MODELS
 
@@ -65,4 +67,6 @@ def wrap_model(
     adapter = next(adapter for adapter in _adapters() if adapter.accepts_object(model))
     if image_processor is None:
         return adapter.wrap(model, device, name)
+    if "image_processor" not in inspect.signature(adapter.wrap).parameters:
+        raise ParameterError("image_processor", f"does not apply to a {type(model).__name__}")
     return adapter.wrap(model, device, name, image_processor=image_processor)

@@ -83,23 +83,23 @@ def _source(spec: str) -> tuple[str, str | None]:
     return repository, revision or None
 
 
-def _offline(spec: str, repository: str) -> bool:
-    """Whether to read the Hub cache only: offline mode, or the Hub out of reach with the model cached.
-    Out of reach and not cached: fail now with the way out, not after a minute of retries."""
+def _offline(spec: str, repository: str, revision: str | None) -> bool:
+    """Whether to read the Hub cache only: offline mode, or the Hub out of reach. Then a model that is
+    not cached fails now with the way out, not after a minute of retries."""
     import huggingface_hub
 
     from vitcam_cli.models.timm import _hub_reachable
 
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
-        return True
-    if _hub_reachable():
+    if not huggingface_hub.constants.HF_HUB_OFFLINE and _hub_reachable():
         return False
-    if isinstance(huggingface_hub.try_to_load_from_cache(repository, "config.json"), str):
+    cached = huggingface_hub.try_to_load_from_cache(repository, "config.json", revision=revision)
+    if isinstance(cached, str):
         return True
     raise ParameterError(
         "model",
-        f"{repository} is not cached and the hub cannot be reached; download it once with network access "
-        "(later runs can set HF_HUB_OFFLINE=1), or pass a folder written by save_pretrained",
+        f"{repository} is not cached and the hub is offline (HF_HUB_OFFLINE) or cannot be reached; download "
+        "it once with network access (later runs can set HF_HUB_OFFLINE=1), or pass a folder written by "
+        "save_pretrained",
         spec,
     )
 
@@ -191,7 +191,7 @@ def load(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
     transformers = _import_transformers(spec.name)
     source, revision = _source(spec.name)
     options: dict[str, Any] = {"revision": revision} if revision else {}
-    if spec.name.startswith(HUB_PREFIX) and _offline(spec.name, source):
+    if spec.name.startswith(HUB_PREFIX) and _offline(spec.name, source, revision):
         options["local_files_only"] = True
     with _quiet(transformers):
         config = _read_config(transformers, spec.name, source, options)
