@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from contextlib import ExitStack
@@ -20,6 +21,7 @@ import pytest
 import torch
 import transformers
 from PIL import Image, ImageFilter
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from tests.conftest import noise
@@ -357,6 +359,11 @@ def test_unsupported_class_gets_one_line(folders, images, tmp_path):
 
 def test_missing_weights_get_one_line(folders, images, tmp_path):
     folder = _copy(folders["BeitForImageClassification"], tmp_path, "no-weights")
+    weights = load_file(folder / "model.safetensors")
+    kept = {key: value for key, value in weights.items() if not re.search(r"\.layers?\.1\.", key)}
+    assert len(kept) < len(weights)
+    save_file(kept, folder / "model.safetensors", metadata={"format": "pt"})
+    assert "its weights lack beit." in one_line(folder, images, tmp_path)
     (folder / "model.safetensors").unlink()
     assert "cannot load its weights" in one_line(folder, images, tmp_path)
 

@@ -58,7 +58,7 @@ KEY_ALIASES = (
 )
 
 
-def _pair(value: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
+def pair(value: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
     return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[-1]))
 
 
@@ -104,7 +104,7 @@ def _common_kwargs(config: Any, input_size: tuple[int, int]) -> dict[str, Any]:
     mlp_ratio = float(ratio) if ratio is not None else config.intermediate_size / config.hidden_size
     return {
         "img_size": input_size,
-        "patch_size": _pair(config.patch_size),
+        "patch_size": pair(config.patch_size),
         "in_chans": int(config.num_channels),
         "num_classes": len(config.id2label),
         "embed_dim": int(config.hidden_size),
@@ -246,7 +246,7 @@ def _dinov2(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Module, d
     timm_model = ClassAndMeanHead(
         **kwargs, init_values=float(config.layerscale_value), reg_tokens=registers, no_embed_class=True
     )
-    patch = _pair(config.patch_size)
+    patch = pair(config.patch_size)
     grid = (input_size[0] // patch[0]) * (input_size[1] // patch[1])
     embeddings = model.base_model.embeddings
     with torch.no_grad():

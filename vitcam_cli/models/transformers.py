@@ -165,7 +165,9 @@ def _read_model(model_class: Any, config: Any, spec: ModelSpec, source: str, opt
             torch.manual_seed(0)  # random weights are the same every run
             return model_class(config)
     try:
-        return model_class.from_pretrained(source, config=config, dtype=torch.float32, **options)
+        model, info = model_class.from_pretrained(
+            source, config=config, dtype=torch.float32, output_loading_info=True, **options
+        )
     except Exception as error:
         raise ParameterError(
             "model",
@@ -173,6 +175,15 @@ def _read_model(model_class: Any, config: Any, spec: ModelSpec, source: str, opt
             "model.safetensors next to config.json",
             spec.name,
         ) from error
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:  # transformers would fill them with random values
+        raise ParameterError(
+            "model",
+            f"its weights lack {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}: the weights "
+            "file is incomplete or belongs to another configuration",
+            spec.name,
+        )
+    return model
 
 
 def _refuse_timm_options(spec: ModelSpec) -> None:
@@ -218,17 +229,17 @@ def _processor_for(model: nn.Module, name: str) -> Any:
 
 def _input_size(model: nn.Module, data_config: dict[str, Any], name: str) -> tuple[int, int]:
     """The processor's output size, checked against what the model takes."""
-    from vitcam_cli.models.hf_weights import INTERPOLATING, _pair
+    from vitcam_cli.models.hf_weights import INTERPOLATING, pair
 
     config = model.config
     size = (int(data_config["input_size"][1]), int(data_config["input_size"][2]))
-    patch = _pair(config.patch_size)
+    patch = pair(config.patch_size)
     fixed = type(model).__name__ not in INTERPOLATING
-    if fixed and size != _pair(config.image_size):
+    if fixed and size != pair(config.image_size):
         raise ParameterError(
             "model",
             f"its image processor makes {size[0]}x{size[1]} inputs but the model takes "
-            f"{'x'.join(map(str, _pair(config.image_size)))} (image_size in config.json); the two configs "
+            f"{'x'.join(map(str, pair(config.image_size)))} (image_size in config.json); the two configs "
             "do not belong together",
             name,
         )
