@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitcam_cli.errors import ParameterError, UnsupportedModelError, VitcamError, literal
+from vitcam_cli.errors import ParameterError, UnsupportedModelError, literal
 from vitcam_cli.models.loaded import LoadedModel, ModelSpec
 
 HUB_PREFIX = "hf:"
@@ -28,15 +28,11 @@ EXTRA_HINT = "transformers is not installed: pip install 'vitcam[transformers]'"
 PROBE_TOLERANCE = 1e-4
 
 
-def _missing_extra(spec: str) -> VitcamError:
-    return ParameterError("model", f"is a transformers model but {EXTRA_HINT}", spec)
-
-
 def _import_transformers(spec: str) -> Any:
     try:
         import transformers
     except ImportError as error:
-        raise _missing_extra(spec) from error
+        raise ParameterError("model", f"is a transformers model but {EXTRA_HINT}", spec) from error
     return transformers
 
 
