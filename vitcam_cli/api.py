@@ -108,7 +108,9 @@ class Explainer:
 
     ``model`` is a timm model object or any model string of the command line (a timm name, ``hf-hub:``,
     ``local-dir:``, a folder, or the bundled ``fashion-vit``); ``method`` any method string
-    (``reciprocam``, ``reciprocam:otx:single``, ``relevance``, ...).
+    (``reciprocam``, ``reciprocam:otx:single``, ``relevance``, ...). A transformers classifier object
+    works too (``hf:ORG/NAME`` and ``save_pretrained`` folders as strings); ``image_processor`` is its
+    image processor when the model was not loaded from a folder or Hub id.
     """
 
     def __init__(
@@ -125,12 +127,13 @@ class Explainer:
         num_classes: int | None = None,
         img_size: tuple[int, int] | None = None,
         class_names: Sequence[str] | Path | None = None,
+        image_processor: object = None,
     ) -> None:
         self.device = resolve_device(device)
         check_precision(precision, self.device)
         self.precision = precision
         if isinstance(model, nn.Module):
-            self.loaded: LoadedModel = wrap_model(model, self.device)
+            self.loaded: LoadedModel = wrap_model(model, self.device, image_processor=image_processor)
         else:
             self.loaded = ModelSpec(model, checkpoint, pretrained, num_classes, img_size).load(self.device)
         if isinstance(class_names, Path | str):

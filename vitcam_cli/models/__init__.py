@@ -7,6 +7,7 @@ last and accepts every string. Optional model libraries are imported only when t
 
 from __future__ import annotations
 
+import inspect
 from importlib import import_module
 from pathlib import Path
 from types import ModuleType
@@ -14,10 +15,11 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from vitcam_cli.errors import ParameterError
 from vitcam_cli.models.loaded import LoadedModel, ModelSpec, read_class_names, resolve_class
 from vitcam_cli.models.timm import BUNDLED_MODELS
 
-ADAPTERS = ("vitcam_cli.models.timm",)
+ADAPTERS = ("vitcam_cli.models.transformers", "vitcam_cli.models.timm")
 
 __all__ = [
     "BUNDLED_MODELS",
@@ -54,7 +56,17 @@ def load_model(
     return adapter_for(name).load(spec, device)
 
 
-def wrap_model(model: nn.Module, device: torch.device | str = "cpu", name: str | None = None) -> LoadedModel:
-    """A model object already in memory, from any supported library, ready to explain."""
+def wrap_model(
+    model: nn.Module,
+    device: torch.device | str = "cpu",
+    name: str | None = None,
+    image_processor: object = None,
+) -> LoadedModel:
+    """A model object already in memory, from any supported library, ready to explain (a transformers
+    model with its image processor, when it was not loaded from a folder or Hub id)."""
     adapter = next(adapter for adapter in _adapters() if adapter.accepts_object(model))
-    return adapter.wrap(model, device, name)
+    if image_processor is None:
+        return adapter.wrap(model, device, name)
+    if "image_processor" not in inspect.signature(adapter.wrap).parameters:
+        raise ParameterError("image_processor", f"does not apply to a {type(model).__name__}")
+    return adapter.wrap(model, device, name, image_processor=image_processor)

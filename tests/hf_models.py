@@ -1,0 +1,86 @@
+"""Tiny random-weight transformers classifiers of every supported class, saved as save_pretrained folders.
+
+Each comes with the image processor its family ships (ViT's, DeiT's, BEiT's, DINOv2's BitImageProcessor)
+sized for the tiny model, so that folders load exactly as Hub models do. DINOv2's processors crop
+another size than its config's image_size: its position embedding is interpolated, as on the Hub.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+
+from tests.models import scramble
+
+CLASS_NAMES = ["cat", "dog", "bird", "fish", "horse"]
+TINY = {
+    "hidden_size": 32,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "image_size": 32,
+    "patch_size": 8,
+    "id2label": dict(enumerate(CLASS_NAMES)),
+    "label2id": {name: i for i, name in enumerate(CLASS_NAMES)},
+}
+SQUARE = {"height": 32, "width": 32}
+
+# class name -> (config class, config overrides, processor class, processor settings)
+CLASSES: dict[str, tuple[str, dict, str, dict]] = {
+    "ViTForImageClassification": ("ViTConfig", {}, "ViTImageProcessor", {"size": SQUARE, "resample": 2}),
+    "DeiTForImageClassification": (
+        "DeiTConfig",
+        {},
+        "DeiTImageProcessor",
+        {"size": {"height": 40, "width": 40}, "crop_size": SQUARE},
+    ),
+    "DeiTForImageClassificationWithTeacher": (
+        "DeiTConfig",
+        {},
+        "DeiTImageProcessor",
+        {"size": {"height": 36, "width": 36}, "crop_size": SQUARE},
+    ),
+    "BeitForImageClassification": (
+        "BeitConfig",
+        {"use_relative_position_bias": True, "layer_scale_init_value": 0.1, "use_mean_pooling": True},
+        "BeitImageProcessor",
+        {"size": {"height": 40, "width": 40}, "crop_size": SQUARE, "do_center_crop": True},
+    ),
+    "Dinov2ForImageClassification": (
+        "Dinov2Config",
+        {"mlp_ratio": 2},
+        "BitImageProcessor",
+        {"size": {"shortest_edge": 28}, "crop_size": {"height": 24, "width": 24}},
+    ),
+    "Dinov2WithRegistersForImageClassification": (
+        "Dinov2WithRegistersConfig",
+        {"mlp_ratio": 2, "num_register_tokens": 2},
+        "BitImageProcessor",
+        {"size": {"shortest_edge": 48}, "crop_size": {"height": 40, "width": 40}},
+    ),
+}
+FIVE = list(CLASSES)  # the five families: ViT, DeiT (two heads), BEiT, DINOv2 (with registers)
+
+
+def tiny_classifier(name: str, seed: int = 0) -> tuple[nn.Module, object]:
+    """A random-weight model of transformers class ``name`` (weights large enough for varied scores)
+    and its image processor."""
+    config_class, overrides, processor_class, settings = CLASSES[name]
+    config = getattr(transformers, config_class)(**TINY, **overrides)
+    config.architectures = [name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = getattr(transformers, name)(config)
+    scramble(model, seed)
+    processor = getattr(transformers, processor_class)(**settings)
+    return model, processor
+
+
+def save_classifier(folder: Path, name: str, seed: int = 0) -> Path:
+    model, processor = tiny_classifier(name, seed)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -1,0 +1,308 @@
+"""The transformers adapter: Hugging Face image classifiers (ViT, DeiT, BEiT, DINOv2).
+
+Claims ``hf:ORG/NAME`` (a Hub id in transformers' format, ``@REVISION`` optional), folders written
+by ``save_pretrained`` (their config.json is a transformers config, with ``model_type``), and
+transformers model objects. The model is converted once into the equivalent timm model
+(``hf_weights``) and its logits checked against the transformers model's own forward on a probe
+input, so every engine, method and command runs on it unchanged. Preprocessing comes from the
+model's image processor (``hf_processor``), class names from ``config.id2label``. transformers
+itself is imported only here, inside the functions, when such a model is named.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitcam_cli.errors import ParameterError, UnsupportedModelError, literal
+from vitcam_cli.models.loaded import LoadedModel, ModelSpec
+
+HUB_PREFIX = "hf:"
+EXTRA_HINT = "transformers is not installed: pip install 'vitcam[transformers]'"
+PROBE_TOLERANCE = 1e-4
+
+
+def _import_transformers(spec: str) -> Any:
+    try:
+        import transformers
+    except ImportError as error:
+        raise ParameterError("model", f"is a transformers model but {EXTRA_HINT}", spec) from error
+    return transformers
+
+
+def _folder_config(folder: Path) -> dict[str, Any] | None:
+    """The folder's config.json as a dict; None when it cannot be read as JSON."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _is_transformers_folder(folder: Path) -> bool:
+    """config.json names a transformers ``model_type``; or it is damaged and the folder holds an image
+    processor config, which only transformers writes."""
+    if not (folder / "config.json").is_file():
+        return False
+    config = _folder_config(folder)
+    if config is None:
+        return (folder / "preprocessor_config.json").is_file()
+    return "model_type" in config or "architectures" in config
+
+
+def accepts(name: str) -> bool:
+    """``hf:ORG/NAME`` and folders of transformers' format (never ``local-dir:`` or bundled names)."""
+    if name.startswith(HUB_PREFIX):
+        return True
+    path = Path(name)
+    return ":" not in name.split("/")[0] and path.is_dir() and _is_transformers_folder(path)
+
+
+def accepts_object(model: nn.Module) -> bool:
+    """A transformers model, recognised by its class's module without importing transformers."""
+    return any(cls.__module__.startswith("transformers.") for cls in type(model).__mro__)
+
+
+def _source(spec: str) -> tuple[str, str | None]:
+    """(folder or Hub id, revision) for ``from_pretrained``."""
+    if not spec.startswith(HUB_PREFIX):
+        return spec, None
+    repository, _, revision = spec.removeprefix(HUB_PREFIX).partition("@")
+    if repository.count("/") != 1:
+        raise ParameterError("model", "a Hub id is written hf:ORG/NAME (optionally @REVISION)", spec)
+    return repository, revision or None
+
+
+def _offline(spec: str, repository: str, revision: str | None) -> bool:
+    """Whether to read the Hub cache only: offline mode, or the Hub out of reach. Then a model that is
+    not cached fails now with the way out, not after a minute of retries."""
+    import huggingface_hub
+
+    from vitcam_cli.models.timm import _hub_reachable
+
+    if not huggingface_hub.constants.HF_HUB_OFFLINE and _hub_reachable():
+        return False
+    cached = huggingface_hub.try_to_load_from_cache(repository, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return True
+    raise ParameterError(
+        "model",
+        f"{repository} is not cached and the hub is offline (HF_HUB_OFFLINE) or cannot be reached; download "
+        "it once with network access (later runs can set HF_HUB_OFFLINE=1), or pass a folder written by "
+        "save_pretrained",
+        spec,
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return literal(f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": "))
+
+
+@contextmanager
+def _quiet(transformers: Any) -> Iterator[None]:
+    """No progress bars while reading files: a command's own output stays one line per problem."""
+    logging = transformers.utils.logging
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
+def _read_config(transformers: Any, spec: str, source: str, options: dict[str, Any]) -> Any:
+    if not spec.startswith(HUB_PREFIX) and Path(spec).is_dir() and _folder_config(Path(spec)) is None:
+        raise ParameterError(
+            "model", "its config.json is damaged (not a JSON object); write it again with save_pretrained",
+            spec,
+        )  # fmt: skip
+    try:
+        return transformers.AutoConfig.from_pretrained(source, **options)
+    except Exception as error:
+        raise ParameterError("model", f"cannot read its config ({_first_line(error)})", spec) from error
+
+
+def _model_class(transformers: Any, config: Any, spec: str) -> Any:
+    from vitcam_cli.models.hf_weights import ARCHITECTURES, SUPPORTED_CLASSES
+
+    architectures = list(getattr(config, "architectures", None) or [])
+    if not architectures:
+        raise ParameterError("model", f"its config.json names no architectures; {SUPPORTED_CLASSES}", spec)
+    if architectures[0] not in ARCHITECTURES:
+        raise ParameterError("model", f"{architectures[0]} is not supported; {SUPPORTED_CLASSES}", spec)
+    return getattr(transformers, architectures[0])
+
+
+def _read_processor(transformers: Any, spec: str, source: str, options: dict[str, Any]) -> Any:
+    from vitcam_cli.models.hf_processor import PROCESSOR_FILE
+
+    try:
+        return transformers.AutoImageProcessor.from_pretrained(source, **options)
+    except Exception as error:
+        raise ParameterError(
+            "model",
+            f"cannot read its image processor ({_first_line(error)}); save it next to the model with "
+            f"processor.save_pretrained ({PROCESSOR_FILE})",
+            spec,
+        ) from error
+
+
+def _read_model(model_class: Any, config: Any, spec: ModelSpec, source: str, options: dict[str, Any]) -> Any:
+    if not spec.pretrained:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random weights are the same every run
+            return model_class(config)
+    try:
+        model, info = model_class.from_pretrained(
+            source, config=config, dtype=torch.float32, output_loading_info=True, **options
+        )
+    except Exception as error:
+        raise ParameterError(
+            "model",
+            f"cannot load its weights ({_first_line(error)}); a save_pretrained folder holds "
+            "model.safetensors next to config.json",
+            spec.name,
+        ) from error
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:  # transformers would fill them with random values
+        raise ParameterError(
+            "model",
+            f"its weights lack {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}: the weights "
+            "file is incomplete or belongs to another configuration",
+            spec.name,
+        )
+    return model
+
+
+def _refuse_timm_options(spec: ModelSpec) -> None:
+    for parameter, value, why in (
+        ("checkpoint", spec.checkpoint, "a transformers model carries its weights in its folder"),
+        ("num_classes", spec.num_classes, "a transformers model's classes come from its config"),
+        ("img_size", spec.img_size, "a transformers model's input size comes from its image processor"),
+    ):
+        if value is not None:
+            raise ParameterError(parameter, f"does not apply: {why}", value)
+
+
+def load(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
+    """Read the config, image processor and weights, convert to timm and check the logits agree."""
+    _refuse_timm_options(spec)
+    transformers = _import_transformers(spec.name)
+    source, revision = _source(spec.name)
+    options: dict[str, Any] = {"revision": revision} if revision else {}
+    if spec.name.startswith(HUB_PREFIX) and _offline(spec.name, source, revision):
+        options["local_files_only"] = True
+    with _quiet(transformers):
+        config = _read_config(transformers, spec.name, source, options)
+        model_class = _model_class(transformers, config, spec.name)
+        processor = _read_processor(transformers, spec.name, source, options)
+        model = _read_model(model_class, config, spec, source, options)
+    loaded = wrap(model, device, spec.name, image_processor=processor)
+    loaded.info |= {"pretrained": spec.pretrained}
+    return loaded
+
+
+def _processor_for(model: nn.Module, name: str) -> Any:
+    """The image processor saved with the model (its folder or Hub id)."""
+    source = str(getattr(model, "name_or_path", "") or "")
+    if not source:
+        raise ParameterError(
+            "image_processor",
+            "is needed: this transformers model was not loaded from a folder or Hub id; pass "
+            "AutoImageProcessor.from_pretrained(...) for it",
+        )
+    transformers = _import_transformers(name)
+    return _read_processor(transformers, name, source, {"local_files_only": not Path(source).is_dir()})
+
+
+def _input_size(model: nn.Module, data_config: dict[str, Any], name: str) -> tuple[int, int]:
+    """The processor's output size, checked against what the model takes."""
+    from vitcam_cli.models.hf_weights import INTERPOLATING, pair
+
+    config = model.config
+    size = (int(data_config["input_size"][1]), int(data_config["input_size"][2]))
+    patch = pair(config.patch_size)
+    fixed = type(model).__name__ not in INTERPOLATING
+    if fixed and size != pair(config.image_size):
+        raise ParameterError(
+            "model",
+            f"its image processor makes {size[0]}x{size[1]} inputs but the model takes "
+            f"{'x'.join(map(str, pair(config.image_size)))} (image_size in config.json); the two configs "
+            "do not belong together",
+            name,
+        )
+    if size[0] % patch[0] or size[1] % patch[1] or int(config.num_channels) != len(data_config["mean"]):
+        raise ParameterError(
+            "model",
+            f"its image processor makes {len(data_config['mean'])}x{size[0]}x{size[1]} inputs, which do not "
+            f"fit the model's {config.num_channels} channels and {patch[0]}x{patch[1]} patches",
+            name,
+        )
+    return size
+
+
+@torch.inference_mode()
+def _check_probe(model: nn.Module, converted: nn.Module, size: tuple[int, int], name: str) -> None:
+    """The converted model must give the transformers model's own logits on a random image."""
+    device = next(model.parameters()).device
+    probe = torch.randn((1, 3, *size), generator=torch.Generator().manual_seed(0))
+    expected = model(pixel_values=probe.to(device)).logits.float().cpu()
+    actual = converted(probe)
+    if not torch.allclose(actual, expected, rtol=PROBE_TOLERANCE, atol=PROBE_TOLERANCE):
+        difference = float((actual - expected).abs().max())
+        raise UnsupportedModelError(
+            f"{name}: its timm conversion gives other logits than transformers' forward (by "
+            f"{difference:.2g}); this configuration of the model is not supported"
+        )
+
+
+def wrap(
+    model: nn.Module, device: torch.device | str = "cpu", name: str | None = None, image_processor: Any = None
+) -> LoadedModel:
+    """A transformers classifier in memory, converted to its timm equivalent and ready to explain."""
+    from timm.data import create_transform
+
+    from vitcam_cli.engine.geometry import token_layout
+    from vitcam_cli.models.hf_processor import data_config as processor_data_config
+    from vitcam_cli.models.hf_weights import to_timm
+
+    architecture = type(model).__name__
+    name = name or str(getattr(model, "name_or_path", "") or architecture)
+    if next(model.parameters()).dtype != torch.float32:
+        raise ParameterError("model", "load it in float32 (dtype=torch.float32); {precision} sets compute")
+    processor = image_processor if image_processor is not None else _processor_for(model, name)
+    data_config = processor_data_config(processor, name)
+    size = _input_size(model, data_config, name)
+    model.eval()
+    try:
+        converted = to_timm(model, size)
+    except (KeyError, RuntimeError) as error:
+        raise UnsupportedModelError(
+            f"{name}: its weights do not fit the {architecture} its config describes ({_first_line(error)})"
+        ) from error
+    _check_probe(model, converted, size, name)
+    layout = token_layout(converted)
+    converted.to(device)
+    labels = model.config.id2label
+    class_names = [str(labels.get(i, labels.get(str(i), i))) for i in range(len(labels))]
+    info = {
+        "model": name,
+        "architecture": architecture,
+        "library": "transformers",
+        "checkpoint": None,
+        "pretrained": None,
+        "num_classes": len(class_names),
+        "input_size": list(data_config["input_size"]),
+        "grid": list(layout.grid),
+        "prefix_tokens": layout.num_prefix,
+    }
+    transform = create_transform(**data_config, is_training=False)
+    return LoadedModel(converted, name, layout, data_config, transform, class_names, [], info)
