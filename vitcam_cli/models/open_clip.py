@@ -285,15 +285,13 @@ def _weights(open_clip: Any, architecture: str, spec: ModelSpec) -> str | None:
         if not checkpoint.is_file():
             raise ParameterError("checkpoint", "no such file", checkpoint)
         return str(checkpoint)
+    listed = ", ".join(tags[:SHOWN_TAGS]) + (", ..." if len(tags) > SHOWN_TAGS else "")
     if tag is not None and tag not in tags:
-        listed = ", ".join(tags) or "none"
-        raise ParameterError("pretrained_tag", f"not a tag of {architecture} (open_clip has: {listed})", tag)
-    if tag is None and spec.pretrained:
-        listed = (
-            f" (one of {', '.join(tags[:SHOWN_TAGS])}{', ...' if len(tags) > SHOWN_TAGS else ''})"
-            if tags
-            else ""
+        raise ParameterError(
+            "pretrained_tag", f"not a tag of {architecture} (open_clip has: {listed or 'none'})", tag
         )
+    if tag is None and spec.pretrained:
+        listed = f" (one of {listed})" if tags else ""
         raise ParameterError(
             "pretrained_tag",
             f"is needed for {architecture}'s weights{listed}; or pass {{checkpoint}} FILE (an open_clip "
