@@ -257,7 +257,7 @@ def folder(tmp_path: Path) -> Path:
 MODEL = ("--model", "open_clip:vitcam-tiny-clip", "--no-pretrained", "--workers", "0", "-q")
 
 
-def test_explain_with_texts_as_classes(folder, tmp_path):
+def test_explain_with_texts_as_classes(folder, tmp_path, monkeypatch):
     texts = tmp_path / "texts.txt"
     out = tmp_path / "out"
     code, _, stderr = run(
@@ -268,10 +268,16 @@ def test_explain_with_texts_as_classes(folder, tmp_path):
     rows = rows_of(out)
     assert len(rows) == 8 and {row["class_name"] for row in rows} <= set(TEXTS)
     assert all(row["status"] == "ok" and Path(out, row["overlay"]).is_file() for row in rows)
+    calls = []
+    encode_text = open_clip.model.CLIP.encode_text
+    monkeypatch.setattr(
+        open_clip.model.CLIP, "encode_text", lambda *a, **k: calls.append(1) or encode_text(*a, **k)
+    )
     code, _, stderr = run(
-        "explain", folder, *MODEL, "--class-names", texts, "--class", "red car", "-o", out / "c"
+        "explain", folder, *MODEL, "--class-names", texts, "--class", "red car", "-b", "1", "-o", out / "c"
     )
     assert code == 0, stderr
+    assert len(calls) == 1  # the texts' embeddings: once per run, not per batch
     assert {row["class_name"] for row in rows_of(out / "c")} == {"red car"}
     code, _, stderr = run(
         "explain", folder, *MODEL, "--class-names", texts, "--labels", folder / "labels.csv", "-o", out / "l"
@@ -365,3 +371,19 @@ def test_without_open_clip_installed_is_one_line(folder, tmp_path, monkeypatch):
     )
     assert code == 2
     assert stderr == "error: open_clip models need the open_clip_torch package: pip install 'vitcam[clip]'\n"
+
+
+def test_uncached_weights_with_the_hub_out_of_reach_fail_at_once(folder, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr("vitcam_cli.models.open_clip._hub_reachable", lambda: False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    code, _, stderr = run(
+        "explain", folder, "--model", "open_clip:ViT-B-32", "--pretrained-tag", "openai",
+        "--class-names", tmp_path / "texts.txt", "--workers", "0", "-q", "-o", tmp_path / "o",
+    )  # fmt: skip
+    assert code == 2 and stderr.count("\n") == 1, stderr
+    assert stderr.startswith(
+        "error: --pretrained-tag openai: its weights (timm/vit_base_patch32_clip_224.openai) are not cached"
+    )

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from vitcam_cli.engine.geometry import token_layout
 from vitcam_cli.errors import ParameterError, UnsupportedModelError, VitcamError, literal
 from vitcam_cli.models.loaded import LoadedModel, ModelSpec, read_class_names
+from vitcam_cli.models.timm import _hub_reachable
 
 PREFIX = "open_clip:"
 DEFAULT_PROMPT = "a photo of a {}."
@@ -39,7 +40,10 @@ INSTALL_HINT = "open_clip models need the open_clip_torch package: pip install '
 # open_clip's resize modes that timm's eval transform reproduces (vitcam then streams reduced decodes)
 CROP_MODES = {"shortest": "center", "squash": "squash"}
 SHOWN_TAGS = 4  # pretrained tags named in a message (open_clip.list_pretrained_tags_by_model has all)
-PROBE_TOLERANCE = 1e-4  # on the cosines: float32 rounding of the same arithmetic in another order
+# the files open_clip reads a hub repository's weights from when its config names none
+HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# on cosines (logits: times logit_scale): float32 rounding of the same arithmetic in another order
+PROBE_TOLERANCE = 1e-4
 
 
 def _open_clip() -> Any:
@@ -133,7 +137,6 @@ def timm_tower(open_clip: Any, visual: nn.Module) -> VisionTransformer:
     # timm's filter renames everything but open_clip's LayerScale (ls_1 -> ls1)
     state = {key.replace(".ls_1.", ".ls1.").replace(".ls_2.", ".ls2."): value for key, value in state.items()}
     model.load_state_dict(state)
-    model.pretrained_cfg = {"architecture": "open_clip"}
     return model.eval()
 
 
@@ -297,7 +300,32 @@ def _weights(open_clip: Any, architecture: str, spec: ModelSpec) -> str | None:
             f"is needed for {architecture}'s weights{listed}; or pass {{checkpoint}} FILE (an open_clip "
             "state dict) or {no_pretrained} (random weights)",
         )
+    if tag is not None:
+        _check_hub(open_clip, architecture, tag)
     return tag
+
+
+def _check_hub(open_clip: Any, architecture: str, tag: str) -> None:
+    """Before open_clip asks the hub for a tag's weights: with the hub out of reach, use cached weights at
+    once (the hub's offline mode) or fail now with the way out, rather than after a minute of retries."""
+    import huggingface_hub
+
+    location = open_clip.get_pretrained_cfg(architecture, tag).get("hf_hub", "")
+    if not location or huggingface_hub.constants.HF_HUB_OFFLINE or _hub_reachable():
+        return
+    # 'org/name/file' names a file; 'org/name/' the repository, whose default files open_clip reads
+    repository, _, filename = location.rpartition("/")
+    named = (filename, filename.replace(".bin", ".safetensors")) if filename else ()
+    files = (*named, *HUB_WEIGHT_FILES)
+    if any(isinstance(huggingface_hub.try_to_load_from_cache(repository, name), str) for name in files):
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+        return
+    raise ParameterError(
+        "pretrained_tag",
+        f"its weights ({repository}) are not cached and the hub cannot be reached; download them once with "
+        "network access, or pass {checkpoint} FILE (an open_clip state dict) or {no_pretrained}",
+        tag,
+    )
 
 
 @contextlib.contextmanager
@@ -360,7 +388,8 @@ def load(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
     loaded = zero_shot.loaded(texts, prompts, source)
     loaded.info |= {
         "checkpoint": str(spec.checkpoint) if spec.checkpoint else None,
-        "pretrained": spec.pretrained_tag or spec.checkpoint is not None,
+        "pretrained": spec.pretrained_tag is not None or spec.checkpoint is not None,
+        "pretrained_tag": spec.pretrained_tag,
     }
     return loaded
 
