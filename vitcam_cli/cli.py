@@ -48,6 +48,7 @@ METAVARS = {
     "shard": "I/N", "colormap": "NAME", "classes": "CLASS", "methods": "METHOD", "method": "METHOD",
     "data": "DIR",
 }  # fmt: skip
+METAVARS |= {"pretrained_tag": "TAG", "prompts": "TEMPLATE"}
 _TYPE_METAVARS = {int: "N", float: "X", Path: "FILE", str: "TEXT"}
 LONGEST_CHOICES = 18  # longer lists of choices are named in the help text, so that none wraps mid-word
 
