@@ -110,7 +110,9 @@ class Explainer:
     ``local-dir:``, a folder, or the bundled ``fashion-vit``); ``method`` any method string
     (``reciprocam``, ``reciprocam:otx:single``, ``relevance``, ...). A transformers classifier object
     works too (``hf:ORG/NAME`` and ``save_pretrained`` folders as strings); ``image_processor`` is its
-    image processor when the model was not loaded from a folder or Hub id.
+    image processor when the model was not loaded from a folder or Hub id. Zero-shot: ``open_clip:ARCH``
+    (with ``pretrained_tag``) or an open_clip model object, with ``texts`` as the classes and ``prompts``
+    as the templates they are filled into.
     """
 
     def __init__(
@@ -128,14 +130,27 @@ class Explainer:
         img_size: tuple[int, int] | None = None,
         class_names: Sequence[str] | Path | None = None,
         image_processor: object = None,
+        pretrained_tag: str | None = None,
+        texts: Sequence[str] | None = None,
+        prompts: Sequence[str] = (),
     ) -> None:
         self.device = resolve_device(device)
         check_precision(precision, self.device)
         self.precision = precision
         if isinstance(model, nn.Module):
             self.loaded: LoadedModel = wrap_model(model, self.device, image_processor=image_processor)
+            if texts is not None or prompts:
+                self.loaded = self.loaded.with_texts(texts or self.loaded.class_names, prompts)
         else:
-            self.loaded = ModelSpec(model, checkpoint, pretrained, num_classes, img_size).load(self.device)
+            file = Path(class_names) if isinstance(class_names, Path | str) else None
+            given = () if file is not None or class_names is None else tuple(class_names)
+            zero_shot = {"texts": given if texts is None else tuple(texts), "prompts": tuple(prompts)}
+            spec = ModelSpec(
+                model, checkpoint, pretrained, num_classes, img_size, file, pretrained_tag, **zero_shot
+            )
+            self.loaded = spec.load(self.device)
+        if not self.loaded.class_names:
+            raise ParameterError("texts", "is required: this model's classes are texts (zero-shot)")
         if isinstance(class_names, Path | str):
             self.loaded = self.loaded.named(read_class_names(Path(class_names)), str(class_names))
         elif class_names is not None:

@@ -48,6 +48,7 @@ METAVARS = {
     "shard": "I/N", "colormap": "NAME", "classes": "CLASS", "methods": "METHOD", "method": "METHOD",
     "data": "DIR",
 }  # fmt: skip
+METAVARS |= {"pretrained_tag": "TAG", "prompts": "TEMPLATE"}
 _TYPE_METAVARS = {int: "N", float: "X", Path: "FILE", str: "TEXT"}
 LONGEST_CHOICES = 18  # longer lists of choices are named in the help text, so that none wraps mid-word
 
@@ -121,7 +122,8 @@ ModelOption = Annotated[
     str | None,
     typer.Option(
         "--model", "-m", rich_help_panel=MODEL,
-        help="timm model name, hf-hub:ORG/NAME, local-dir:PATH, or a folder with config.json.",
+        help="timm model name, hf-hub:ORG/NAME, local-dir:PATH, a folder with config.json, or "
+        "open_clip:ARCH (zero-shot CLIP: the classes are the --class-names texts).",
     ),
 ]  # fmt: skip
 CheckpointOption = Annotated[
@@ -151,7 +153,8 @@ ClassNamesOption = Annotated[
     Path | None,
     typer.Option(
         help="Class names, one per line in class-index order (or a JSON list), for a model whose config "
-        "has none (e.g. --checkpoint with --num-classes). Used in rows, --class, labels files and reports.",
+        "has none (e.g. --checkpoint with --num-classes). Used in rows, --class, labels files and reports. "
+        "With open_clip:ARCH: the class texts, one per line.",
         rich_help_panel=MODEL,
     ),
 ]
@@ -284,6 +287,24 @@ ConfigOption = Annotated[
     ),
 ]  # fmt: skip
 DebugOption = Annotated[bool, typer.Option(help="Show full tracebacks for errors.", rich_help_panel=RUN)]
+PretrainedTagOption = Annotated[
+    str | None,
+    typer.Option(
+        help="open_clip:ARCH only: which of open_clip's pretrained weights to load (e.g. openai, "
+        "laion2b_s34b_b79k; cached or downloaded).",
+        rich_help_panel=MODEL,
+    ),
+]
+PromptOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--prompt",
+        help="open_clip:ARCH only: template each class text is filled into, {} marking where; repeatable "
+        "(the text embeddings of all templates are averaged). (default: 'a photo of a {}.')",
+        rich_help_panel=MODEL,
+        show_default=False,
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -416,13 +437,17 @@ def model_spec(
     num_classes: NumClassesOption = None,
     img_size: ImgSizeOption = None,
     class_names: ClassNamesOption = None,
+    pretrained_tag: PretrainedTagOption = None,
+    prompts: PromptOption = None,
 ) -> Any:
     """The model options as the library's ModelSpec."""
     from vitcam_cli.models import ModelSpec
 
     if model is None:
         raise ParameterError("model", "is required: a timm name, hf-hub:ORG/NAME, local-dir:PATH or a folder")
-    return ModelSpec(model, checkpoint, pretrained, num_classes, _parse_img_size(img_size), class_names)
+    size = _parse_img_size(img_size)
+    zero_shot = {"pretrained_tag": pretrained_tag, "prompts": tuple(prompts or ())}
+    return ModelSpec(model, checkpoint, pretrained, num_classes, size, class_names, **zero_shot)
 
 
 def method_overrides(

@@ -19,7 +19,7 @@ from vitcam_cli.errors import ParameterError
 from vitcam_cli.models.loaded import LoadedModel, ModelSpec, read_class_names, resolve_class
 from vitcam_cli.models.timm import BUNDLED_MODELS
 
-ADAPTERS = ("vitcam_cli.models.transformers", "vitcam_cli.models.timm")
+ADAPTERS = ("vitcam_cli.models.open_clip", "vitcam_cli.models.transformers", "vitcam_cli.models.timm")
 
 __all__ = [
     "BUNDLED_MODELS",

@@ -30,6 +30,10 @@ class LoadedModel:
     class_names: list[str]
     class_ids: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    # a zero-shot model: the same model with its classes made of other texts and prompt templates
+    class_texts: Callable[[Sequence[str], Sequence[str], str], LoadedModel] | None = field(
+        default=None, repr=False
+    )
 
     @property
     def input_size(self) -> tuple[int, ...]:
@@ -46,6 +50,14 @@ class LoadedModel:
                 "class_names", f"holds {len(names)} names but the model has {count} classes", source
             )
         return replace(self, class_names=list(names), info=self.info | {"class_names": source})
+
+    def with_texts(
+        self, texts: Sequence[str], prompts: Sequence[str] = (), source: str = "texts"
+    ) -> LoadedModel:
+        """A zero-shot model whose classes are ``texts`` (filled into ``prompts``; empty: as before)."""
+        if self.class_texts is None:
+            raise ParameterError("texts", "only a zero-shot model (open_clip) takes class texts")
+        return self.class_texts(list(texts), tuple(prompts), source)
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -77,6 +89,9 @@ class ModelSpec:
     num_classes: int | None = None
     img_size: tuple[int, int] | None = None
     class_names: Path | None = None  # one name per line, or a JSON list; None: the model's own
+    pretrained_tag: str | None = None  # open_clip: which pretrained weights of the architecture
+    prompts: tuple[str, ...] = ()  # zero-shot: templates the class texts are filled into; () the default
+    texts: tuple[str, ...] = ()  # zero-shot: the class texts themselves (else read from class_names)
 
     def load(self, device: torch.device | str = "cpu") -> LoadedModel:
         from vitcam_cli.models import adapter_for  # the adapters import this module

@@ -1,0 +1,413 @@
+"""The open_clip adapter: ``open_clip:ARCH`` and open_clip model objects, explained zero-shot.
+
+The image tower is converted once, at load, into the timm VisionTransformer it is equivalent to (timm's
+own ``checkpoint_filter_fn`` reads open_clip's state-dict layout), and the zero-shot classifier becomes
+that model's ``head``: project, L2-normalise, cosine with each class text's embedding, times
+``logit_scale`` (plus ``logit_bias`` where the model has one). The class texts' embeddings are computed
+once, with open_clip's own tokenizer and zero-shot recipe (each prompt template filled with the text,
+the embeddings averaged). The engines then see a ViT with a head like any other. The conversion is
+checked at load: the converted model's logits must equal open_clip's on a probe input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+from collections.abc import Iterator, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.data import create_transform
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import Tensor, nn
+
+from vitcam_cli.engine.geometry import token_layout
+from vitcam_cli.errors import ParameterError, UnsupportedModelError, VitcamError, literal
+from vitcam_cli.models.loaded import LoadedModel, ModelSpec, read_class_names
+from vitcam_cli.models.timm import _hub_reachable
+
+PREFIX = "open_clip:"
+DEFAULT_PROMPT = "a photo of a {}."
+SUPPORTED = (
+    "vitcam explains open_clip's own ViT image towers (class-token or average pooling, ln_pre, standard "
+    "residual attention blocks: OpenAI CLIP and the LAION, DataComp, DFN and MetaCLIP ViTs); towers on timm "
+    "trunks (SigLIP, EVA, ...), attentional pooling (CoCa), ResNets and custom attention blocks are not"
+)
+INSTALL_HINT = "open_clip models need the open_clip_torch package: pip install 'vitcam[clip]'"
+# open_clip's resize modes that timm's eval transform reproduces (vitcam then streams reduced decodes)
+CROP_MODES = {"shortest": "center", "squash": "squash"}
+SHOWN_TAGS = 4  # pretrained tags named in a message (open_clip.list_pretrained_tags_by_model has all)
+# the files open_clip reads a hub repository's weights from when its config names none
+HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# on cosines (logits: times logit_scale): float32 rounding of the same arithmetic in another order
+PROBE_TOLERANCE = 1e-4
+
+
+def _open_clip() -> Any:
+    try:
+        import open_clip
+    except ImportError as error:
+        raise VitcamError(INSTALL_HINT) from error
+    return open_clip
+
+
+class ZeroShotHead(nn.Module):
+    """Pooled image token -> zero-shot logits: the tower's projection, L2-normalised, cosine with each
+    class text's (unit) embedding, times ``logit_scale``, plus ``logit_bias``."""
+
+    def __init__(self, projection: nn.Linear, texts: Tensor, logit_scale: float, logit_bias: float) -> None:
+        super().__init__()
+        self.projection = projection
+        self.register_buffer("texts", texts)  # (C, D) one unit vector per class text
+        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
+        self.register_buffer("logit_bias", torch.tensor(float(logit_bias)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        image = F.normalize(self.projection(x), dim=-1)
+        return self.logit_scale * image @ self.texts.to(image.dtype).T + self.logit_bias
+
+
+def check_prompts(prompts: Sequence[str]) -> tuple[str, ...]:
+    """Prompt templates, each with one ``{}`` where the class text goes."""
+    for template in prompts:
+        try:
+            filled = template.format("x")
+        except (IndexError, KeyError, ValueError):
+            filled = None
+        if "{}" not in template or filled is None:
+            raise ParameterError(
+                "prompts", "must hold one {{}} where the class text goes, e.g. 'a photo of a {{}}.'", template
+            )
+    return tuple(prompts) or (DEFAULT_PROMPT,)
+
+
+def _refuse(why: str) -> UnsupportedModelError:
+    return UnsupportedModelError(f"{why}: {SUPPORTED}")
+
+
+def _activation(open_clip: Any, block: nn.Module) -> str:
+    act = block.mlp.gelu
+    if isinstance(act, open_clip.transformer.QuickGELU):
+        return "quick_gelu"
+    if type(act) is nn.GELU:
+        return {"none": "gelu", "tanh": "gelu_tanh"}[act.approximate]
+    raise _refuse(f"its MLP activation {type(act).__name__} has no timm equivalent")
+
+
+def _check_tower(open_clip: Any, visual: nn.Module) -> None:
+    """Refuse an image tower that has no exact timm VisionTransformer equivalent."""
+    if not isinstance(visual, open_clip.transformer.VisionTransformer):
+        raise _refuse(f"its image tower is a {type(visual).__name__}")
+    if visual.attn_pool is not None:
+        raise _refuse("its image tower pools with attention")
+    if visual.pool_type not in ("tok", "avg") or (visual.pool_type == "avg" and visual.final_ln_after_pool):
+        raise _refuse(f"its image tower pools with {visual.pool_type!r}")
+    if isinstance(visual.ln_pre, nn.Identity):
+        raise _refuse("its image tower has no ln_pre")
+    blocks = visual.transformer.resblocks
+    if any(type(block) is not open_clip.transformer.ResidualAttentionBlock for block in blocks):
+        raise _refuse("its image tower has custom attention blocks")
+
+
+def timm_tower(open_clip: Any, visual: nn.Module) -> VisionTransformer:
+    """The timm VisionTransformer equal to an open_clip image tower, its head the tower's projection."""
+    _check_tower(open_clip, visual)
+    first = visual.transformer.resblocks[0]
+    width = visual.conv1.out_channels
+    model = VisionTransformer(
+        img_size=tuple(visual.image_size),
+        patch_size=tuple(visual.patch_size),
+        embed_dim=width,
+        depth=len(visual.transformer.resblocks),
+        num_heads=first.attn.num_heads,
+        mlp_ratio=first.mlp.c_fc.out_features / width,
+        init_values=None if isinstance(first.ls_1, nn.Identity) else 1.0,
+        pre_norm=True,
+        global_pool={"tok": "token", "avg": "avg"}[visual.pool_type],
+        fc_norm=False,
+        num_classes=visual.output_dim,
+        norm_layer=partial(nn.LayerNorm, eps=visual.ln_post.eps),
+        act_layer=_activation(open_clip, first),
+    )
+    prefixed = {f"visual.{key}": value for key, value in visual.state_dict().items()}
+    state = checkpoint_filter_fn(prefixed, model)
+    # timm's filter renames everything but open_clip's LayerScale (ls_1 -> ls1)
+    state = {key.replace(".ls_1.", ".ls1.").replace(".ls_2.", ".ls2."): value for key, value in state.items()}
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def text_embeddings(
+    open_clip: Any, clip: nn.Module, tokenizer: Any, texts: Sequence[str], prompts: Sequence[str]
+) -> Tensor:
+    """(C, D) unit embeddings of the class texts: CLIP's zero-shot recipe (every template, averaged)."""
+    if not texts:
+        return torch.zeros(0, clip.visual.output_dim)
+    device = next(clip.parameters()).device
+    with torch.inference_mode():
+        weights = open_clip.build_zero_shot_classifier(
+            clip, tokenizer, list(texts), list(prompts), device=device
+        )
+    return weights.T.float().cpu().clone()
+
+
+def _logit_terms(clip: nn.Module) -> tuple[float, float]:
+    bias = getattr(clip, "logit_bias", None)
+    with torch.no_grad():
+        return float(clip.logit_scale.exp()), 0.0 if bias is None else float(bias)
+
+
+@torch.inference_mode()
+def _check_logits(clip: nn.Module, model: nn.Module, name: str) -> None:
+    """Refuse a conversion whose zero-shot logits on a probe input differ from open_clip's own (image
+    features . text features . logit_scale + logit_bias); without class texts yet, its image features."""
+    head = model.head
+    device = next(clip.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn((2, 3, *model.patch_embed.img_size), generator=generator).to(device)
+    expected = clip.encode_image(probe, normalize=True).float()
+    tolerance = PROBE_TOLERANCE
+    if head.texts.shape[0]:
+        expected = head.logit_scale * expected @ head.texts.T + head.logit_bias
+        got = model(probe).float()
+        tolerance *= max(1.0, float(head.logit_scale))
+    else:
+        pooled = model.forward_head(model.forward_features(probe), pre_logits=True)
+        got = F.normalize(head.projection(pooled), dim=-1).float()
+    if not torch.allclose(got, expected, rtol=0, atol=tolerance):
+        difference = float((got - expected).abs().max())
+        raise _refuse(
+            f"{name}: the converted image tower's logits differ from open_clip's by {difference:.2g}"
+        )
+
+
+def _data_config(visual: nn.Module) -> dict[str, Any]:
+    config = visual.preprocess_cfg
+    size = tuple(visual.image_size)
+    return {
+        "input_size": (3, *size),
+        "interpolation": config.get("interpolation", "bicubic"),
+        "mean": tuple(config["mean"]),
+        "std": tuple(config["std"]),
+        "crop_pct": 1.0,
+        "crop_mode": CROP_MODES.get(config.get("resize_mode", "shortest"), "center"),
+    }
+
+
+def _transform(open_clip: Any, visual: nn.Module, data_config: dict[str, Any]) -> Any:
+    """open_clip's eval transform, as timm builds it where timm's is the same (so decodes stream reduced)."""
+    if visual.preprocess_cfg.get("resize_mode", "shortest") in CROP_MODES:
+        return create_transform(**data_config, is_training=False)
+    return open_clip.image_transform_v2(open_clip.PreprocessCfg(**visual.preprocess_cfg), is_train=False)
+
+
+class ZeroShot:
+    """An open_clip model ready to become a ``LoadedModel`` for any class texts and prompts."""
+
+    def __init__(self, clip: nn.Module, tokenizer: Any, device: torch.device | str, name: str) -> None:
+        self.open_clip = _open_clip()
+        self.clip = clip.eval().to(device)
+        self.tokenizer = tokenizer
+        self.device = device
+        self.name = name
+        self.tower = timm_tower(self.open_clip, self.clip.visual).to(device)
+        self.projection = self.tower.head
+
+    def loaded(self, texts: Sequence[str], prompts: Sequence[str], source: str) -> LoadedModel:
+        """The converted tower with a zero-shot head for ``texts``, checked against open_clip's logits."""
+        prompts = check_prompts(prompts)
+        embeddings = text_embeddings(self.open_clip, self.clip, self.tokenizer, texts, prompts).to(
+            self.device
+        )
+        scale, bias = _logit_terms(self.clip)
+        model = self.tower  # one tower per model: a new set of texts replaces its head
+        model.head = ZeroShotHead(self.projection, embeddings, scale, bias).to(self.device)
+        model.num_classes = len(texts)
+        _check_logits(self.clip, model, self.name)
+        layout = token_layout(model)
+        data_config = _data_config(self.clip.visual)
+        info = {
+            "model": self.name,
+            "architecture": f"{PREFIX}{self.name.removeprefix(PREFIX)}",
+            "checkpoint": None,
+            "pretrained": None,
+            "num_classes": len(texts),
+            "input_size": list(data_config["input_size"]),
+            "grid": list(layout.grid),
+            "prefix_tokens": layout.num_prefix,
+            "class_names": source,
+            "prompts": list(prompts),
+        }
+        return LoadedModel(
+            model,
+            self.name,
+            layout,
+            data_config,
+            _transform(self.open_clip, self.clip.visual, data_config),
+            list(texts),
+            [],
+            info,
+            class_texts=lambda new, templates, where: self.loaded(new, templates or prompts, where),
+        )
+
+
+def accepts(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def accepts_object(model: nn.Module) -> bool:
+    """open_clip's CLIP models (``open_clip.CLIP``, ``CustomTextCLIP``), recognised without importing it."""
+    return type(model).__module__.startswith("open_clip.") and hasattr(model, "encode_text")
+
+
+def _architecture(open_clip: Any, name: str) -> str:
+    architecture = name.removeprefix(PREFIX)
+    if architecture not in open_clip.list_models():
+        close = difflib.get_close_matches(architecture, open_clip.list_models(), n=3, cutoff=0.75)
+        hint = f" (did you mean {', '.join(PREFIX + c for c in close)}?)" if close else ""
+        raise ParameterError(
+            "model",
+            f"not an open_clip architecture{hint}; open_clip.list_models() names them",
+            name,
+        )
+    return architecture
+
+
+def _weights(open_clip: Any, architecture: str, spec: ModelSpec) -> str | None:
+    """What open_clip loads: a pretrained tag, a checkpoint file, or nothing (random weights)."""
+    tag, checkpoint = spec.pretrained_tag, spec.checkpoint
+    if tag is not None and checkpoint is not None:
+        raise VitcamError("{pretrained_tag} and {checkpoint} both give weights: pass only one of them")
+    if tag is not None and not spec.pretrained:
+        raise VitcamError("{pretrained_tag} loads pretrained weights: drop it or {no_pretrained}")
+    tags = open_clip.list_pretrained_tags_by_model(architecture)
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            raise ParameterError("checkpoint", "no such file", checkpoint)
+        return str(checkpoint)
+    listed = ", ".join(tags[:SHOWN_TAGS]) + (", ..." if len(tags) > SHOWN_TAGS else "")
+    if tag is not None and tag not in tags:
+        raise ParameterError(
+            "pretrained_tag", f"not a tag of {architecture} (open_clip has: {listed or 'none'})", tag
+        )
+    if tag is None and spec.pretrained:
+        listed = f" (one of {listed})" if tags else ""
+        raise ParameterError(
+            "pretrained_tag",
+            f"is needed for {architecture}'s weights{listed}; or pass {{checkpoint}} FILE (an open_clip "
+            "state dict) or {no_pretrained} (random weights)",
+        )
+    if tag is not None:
+        _check_hub(open_clip, architecture, tag)
+    return tag
+
+
+def _check_hub(open_clip: Any, architecture: str, tag: str) -> None:
+    """Before open_clip asks the hub for a tag's weights: with the hub out of reach, use cached weights at
+    once (the hub's offline mode) or fail now with the way out, rather than after a minute of retries."""
+    import huggingface_hub
+
+    location = open_clip.get_pretrained_cfg(architecture, tag).get("hf_hub", "")
+    if not location or huggingface_hub.constants.HF_HUB_OFFLINE or _hub_reachable():
+        return
+    # 'org/name/file' names a file; 'org/name/' the repository, whose default files open_clip reads
+    repository, _, filename = location.rpartition("/")
+    named = (filename, filename.replace(".bin", ".safetensors")) if filename else ()
+    files = (*named, *HUB_WEIGHT_FILES)
+    if any(isinstance(huggingface_hub.try_to_load_from_cache(repository, name), str) for name in files):
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+        return
+    raise ParameterError(
+        "pretrained_tag",
+        f"its weights ({repository}) are not cached and the hub cannot be reached; download them once with "
+        "network access, or pass {checkpoint} FILE (an open_clip state dict) or {no_pretrained}",
+        tag,
+    )
+
+
+@contextlib.contextmanager
+def _no_warnings() -> Iterator[None]:
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _create(open_clip: Any, architecture: str, spec: ModelSpec) -> nn.Module:
+    """``open_clip.create_model`` with seeded random weights, its failures as one clear line."""
+    weights = _weights(open_clip, architecture, spec)
+    size = {"force_image_size": spec.img_size} if spec.img_size is not None else {}
+    quiet = contextlib.nullcontext() if weights else _no_warnings()  # "initialized randomly": as asked
+    try:
+        with torch.random.fork_rng(devices=[]), quiet:
+            torch.manual_seed(0)
+            return open_clip.create_model(architecture, pretrained=weights, **size)
+    except Exception as error:
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+        reason = literal(f"{type(error).__name__}: {first}")
+        if spec.checkpoint is not None:
+            raise ParameterError(
+                "checkpoint", f"is not an open_clip state dict of {architecture} ({reason})", spec.checkpoint
+            ) from error
+        if weights is not None:
+            raise ParameterError(
+                "pretrained_tag", f"cannot load these weights ({reason}); offline and not cached?", weights
+            ) from error
+        raise ParameterError("model", f"cannot build it ({reason})", spec.name) from error
+
+
+def _class_texts(spec: ModelSpec) -> tuple[list[str], str]:
+    if spec.texts:
+        return list(spec.texts), "texts"
+    if spec.class_names is not None:
+        texts = read_class_names(spec.class_names)
+        if texts:
+            return texts, str(spec.class_names)
+        raise ParameterError("class_names", "holds no class texts (one per line)", spec.class_names)
+    raise ParameterError(
+        "class_names", "is required for an open_clip model: a file with one class text per line (e.g. 'cat')"
+    )
+
+
+def load(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
+    """Build the open_clip model, its weights and tokenizer, and the zero-shot tower for the class texts."""
+    open_clip = _open_clip()
+    if spec.num_classes is not None:
+        raise ParameterError(
+            "num_classes", "does not apply to open_clip models: the class texts are the classes"
+        )
+    architecture = _architecture(open_clip, spec.name)
+    texts, source = _class_texts(spec)
+    prompts = check_prompts(spec.prompts)
+    clip = _create(open_clip, architecture, spec)
+    zero_shot = ZeroShot(clip, open_clip.get_tokenizer(architecture), device, spec.name)
+    loaded = zero_shot.loaded(texts, prompts, source)
+    loaded.info |= {
+        "checkpoint": str(spec.checkpoint) if spec.checkpoint else None,
+        "pretrained": spec.pretrained_tag is not None or spec.checkpoint is not None,
+        "pretrained_tag": spec.pretrained_tag,
+    }
+    return loaded
+
+
+def _tokenizer(open_clip: Any, clip: nn.Module) -> Any:
+    """CLIP's BPE tokenizer at the model's context length (open_clip's tokenizer for its own text towers;
+    a model object does not say which tokenizer a Hugging Face text tower needs)."""
+    if isinstance(getattr(clip, "text", None), open_clip.hf_model.HFTextEncoder):
+        raise VitcamError(
+            f"{type(clip).__name__} has a Hugging Face text tower: pass it by name (open_clip:ARCH), so that "
+            "vitcam uses its tokenizer"
+        )
+    return open_clip.SimpleTokenizer(context_length=int(getattr(clip, "context_length", 77)))
+
+
+def wrap(model: nn.Module, device: torch.device | str = "cpu", name: str | None = None) -> LoadedModel:
+    """An open_clip model object, converted; it has no classes until it is given class texts
+    (``LoadedModel.with_texts``)."""
+    open_clip = _open_clip()
+    label = name or f"{PREFIX}{type(model).__name__}"
+    return ZeroShot(model, _tokenizer(open_clip, model), device, label).loaded([], (), "none")
