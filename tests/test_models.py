@@ -52,7 +52,7 @@ def test_resolve_class():
         resolve_class("tiger kat", names)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "swin_tiny_patch4_window7_224", "convnext_atto"])
+@pytest.mark.parametrize("name", ["resnet18", "swinv2_tiny_window8_256", "convnext_atto"])
 def test_non_vit_models_are_refused(name):
     with pytest.raises(UnsupportedModelError, match="not supported"):
         load_model(name, pretrained=False)

@@ -1,9 +1,11 @@
-"""Train a small timm ViT on streamed FashionScenes with the DeiT recipe, and export it in timm's format.
+"""Train a small timm ViT or Swin on streamed FashionScenes with the DeiT recipe; export it in timm's format.
 
 The export (``OUT/export/``: config.json with the class names and preprocessing, model.safetensors) is
 what vitcam loads as ``--model local-dir:OUT/export``; its scenes have known garment boxes, so its
 explanations can be scored. ``--no-occlusion`` drops CutMix and random erasing (the augmentations that
-hide parts of the object) for a comparison model; mixup and label smoothing stay.
+hide parts of the object) for a comparison model; mixup and label smoothing stay. ``--arch swin`` trains a
+hierarchical Swin instead (``--depths`` blocks per stage, ``--heads`` doubling per stage, ``--embed-dim`` the
+first stage's width, each later stage twice as wide).
 
 Samples are generated on the fly (nothing is written but the log, checkpoint and export). Epoch ``e``
 uses train samples ``e*N .. (e+1)*N-1`` (new backgrounds, colours and positions each epoch), shuffled
@@ -14,6 +16,8 @@ Usage::
 
     python benchmarks/fashion_scenes/train.py --out runs/fs_vit --epochs 30 --threads 2
     python benchmarks/fashion_scenes/train.py --out runs/fs_vit --epochs 30 --threads 2 --resume
+    python benchmarks/fashion_scenes/train.py --out runs/fs_swin --arch swin --patch-size 4 --depths 2,2 \
+        --window-size 7 --embed-dim 32 --heads 1 --threads 2
 """
 
 from __future__ import annotations
@@ -55,8 +59,11 @@ PRETRAINED_CFG = {
     "std": STD,
 }
 # arguments that define a run: --resume refuses to continue a checkpoint made with other values
-DEFAULTS = {"patch_size": 8}  # run settings added after the first checkpoints: what those were made with
+DEFAULTS = {"patch_size": 8, "arch": "vit", "depths": (2, 2), "window_size": 7}
 RUN_ARGS = (
+    "arch",
+    "depths",
+    "window_size",
     "patch_size",
     "embed_dim",
     "depth",
@@ -98,6 +105,8 @@ def seed_all(*parts: int) -> torch.Generator:
 
 def build_model(args: argparse.Namespace) -> nn.Module:
     """A ViT-Tiny-style model for 112x112 inputs with a CLS-token head: 8x8 patches make a 14x14 grid."""
+    if args.arch == "swin":
+        return build_swin(args)
     return timm.create_model(
         "vit_tiny_patch16_224",
         pretrained=False,
@@ -111,6 +120,28 @@ def build_model(args: argparse.Namespace) -> nn.Module:
         drop_path_rate=args.drop_path,
         pretrained_cfg_overlay=PRETRAINED_CFG,
     )
+
+
+def build_swin(args: argparse.Namespace) -> nn.Module:
+    """A small Swin for 112x112 inputs: 4x4 patches make a 28x28 first stage, each later stage halves it."""
+    return timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        img_size=IMAGE_SIZE,
+        patch_size=args.patch_size,
+        window_size=args.window_size,
+        embed_dim=args.embed_dim,
+        depths=args.depths,
+        num_heads=tuple(args.heads * 2**stage for stage in range(len(args.depths))),
+        num_classes=len(CLASS_NAMES),
+        drop_path_rate=args.drop_path,
+        pretrained_cfg_overlay=PRETRAINED_CFG,
+    )
+
+
+def parse_depths(text: str) -> tuple[int, ...]:
+    """``2,2`` -> ``(2, 2)``: blocks per Swin stage."""
+    return tuple(int(part) for part in text.split(","))
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -161,6 +192,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--patch-size", type=int, default=DEFAULTS["patch_size"], help="8: a 14x14 grid, 16: 7x7"
     )
+    parser.add_argument("--arch", choices=("vit", "swin"), default=DEFAULTS["arch"])
+    parser.add_argument(
+        "--depths", type=parse_depths, default=DEFAULTS["depths"], help="swin: blocks per stage, e.g. 2,2"
+    )
+    parser.add_argument("--window-size", type=int, default=DEFAULTS["window_size"], help="swin: window side")
     parser.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate (DeiT: 0.1)")
     parser.add_argument("--no-occlusion", action="store_true", help="train without CutMix and random erasing")
     parser.add_argument("--test-samples", type=int, default=2000, help="first N test samples, for accuracy")

@@ -171,6 +171,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
                     "explain_images_per_s": round(options.batch_size / seconds, 3),
                     "ratio": round(seconds / forward, 3),
                     "peak_memory_mb": round(memory.read_mb(), 1),
+                    "grid": list(explainer.engine.layout.grid),  # the target block's (a Swin stage's)
                 }
             )
             if options.adcc:

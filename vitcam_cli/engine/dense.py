@@ -1,8 +1,8 @@
 """The reference path: every masked copy runs at full length through the rest of the network.
 
 It works on any supported ViT (EVA's rotary embedding, BEiT's relative position bias, custom
-blocks), because it only calls the model's own blocks, with the target block's LayerNorm output
-replaced by its masked version.
+blocks) and on Swin (shifted window attention, patch merging between stages), because it only calls
+the model's own blocks, with the target block's LayerNorm output replaced by its masked version.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from vitcam_cli.engine.base import MaskedEngine
-from vitcam_cli.engine.geometry import Trace, run_blocks
+from vitcam_cli.engine.geometry import Trace
 from vitcam_cli.engine.masks import window_weights
 
 
@@ -33,7 +33,7 @@ class DenseEngine(MaskedEngine):
         return self.layout.num_tokens
 
     def prepare(self, traced: Trace) -> Tensor:
-        return self.model.blocks[self.block_index].norm1(traced.block_input)
+        return self.layout.blocks(self.model)[self.block_index].norm1(traced.block_input)
 
     def chunk_logits(self, traced: Trace, features: Tensor, image: Tensor, position: Tensor) -> Tensor:
         x, prefix = traced.block_input, self.layout.num_prefix
@@ -45,4 +45,4 @@ class DenseEngine(MaskedEngine):
             residual = mask_patch_tokens(x[image], window, prefix)
         else:
             residual = x[image]
-        return run_blocks(self.model, residual, self.block_index, traced.block_extras, masked)
+        return self.layout.run_blocks(self.model, residual, self.block_index, traced.block_extras, masked)

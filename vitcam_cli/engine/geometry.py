@@ -4,6 +4,8 @@ The engine treats a ViT as ``stem -> blocks[0..depth) -> norm -> forward_head``.
 re-implemented: a real forward pass runs it, and hooks record what enters the target block (and
 the extra arguments, such as EVA's rotary embedding or BEiT's relative position bias, that every
 later block receives). ``run_blocks`` then replays the rest of the network on masked copies.
+A layout knows how to walk its model (``blocks``, ``tokens``, ``run_blocks``), so a hierarchical model
+(``engine/stages.py``) is the same machinery with another walk.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from vitcam_cli.errors import ParameterError, UnsupportedModelError
 
 SUPPORTED = (
     "vitcam explains timm Vision Transformers with a patch-token grid and pre-norm blocks "
-    "(vit_*, deit_*, eva*, beit*, ... with any prefix tokens); CNNs and hierarchical transformers "
-    "(resnet, convnext, swin, ...) are not supported"
+    "(vit_*, deit_*, eva*, beit*, ... with any prefix tokens) and timm's Swin (swin_*); CNNs and "
+    "other hierarchical transformers (resnet, convnext, swinv2, ...) are not supported"
 )
 
 BlockExtras = tuple[tuple[Any, ...], dict[str, Any]]
@@ -55,6 +57,40 @@ class TokenLayout:
                 target_block,
             )
         return index
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        """The model's blocks in the order they run, indexed as ``--target-block`` counts them."""
+        return list(model.blocks)
+
+    def at_block(self, index: int) -> TokenLayout:
+        """The layout block ``index`` sees: the same for every block of a ViT."""
+        return self
+
+    def tokens(self, x: Tensor) -> Tensor:
+        """A block's input or norm1 output as a ``(B, N, C)`` token sequence: already one for a ViT."""
+        return x
+
+    def run_blocks(
+        self,
+        model: nn.Module,
+        tokens: Tensor,
+        start: int,
+        extras: list[BlockExtras],
+        norm1_output: Tensor | None = None,
+    ) -> Tensor:
+        """Run ``blocks[start:]``, the final norm and the head on ``tokens`` (B, N, C); return the logits.
+
+        ``norm1_output``, when given, replaces the first block's LayerNorm output (see
+        ``replace_norm1_output``) while ``tokens`` is what that block's skip path carries.
+        """
+        x = tokens
+        for i, (block, (args, kwargs)) in enumerate(zip(self.blocks(model)[start:], extras, strict=True)):
+            if i == 0 and norm1_output is not None:
+                with replace_norm1_output(block, norm1_output):
+                    x = block(x, *args, **kwargs)
+            else:
+                x = block(x, *args, **kwargs)
+        return model.forward_head(model.norm(x))
 
 
 def token_layout(model: nn.Module) -> TokenLayout:
@@ -107,13 +143,13 @@ class Trace:
 
 
 @contextmanager
-def _record_block_calls(blocks: nn.Module, start: int, calls: list[BlockExtras]) -> Iterator[None]:
+def _record_block_calls(blocks: list[nn.Module], start: int, calls: list[BlockExtras]) -> Iterator[None]:
     handles = []
 
     def record(_module: nn.Module, args: tuple, kwargs: dict) -> None:
         calls.append((args, kwargs))
 
-    for block in list(blocks)[start:]:
+    for block in blocks[start:]:
         handles.append(block.register_forward_pre_hook(record, with_kwargs=True))
     try:
         yield
@@ -125,7 +161,7 @@ def _record_block_calls(blocks: nn.Module, start: int, calls: list[BlockExtras])
 def trace(model: nn.Module, images: Tensor, start: int, layout: TokenLayout) -> Trace:
     """Run ``model(images)`` once, recording the input of ``blocks[start]`` and every later block's extras."""
     calls: list[BlockExtras] = []
-    with _record_block_calls(model.blocks, start, calls):
+    with _record_block_calls(layout.blocks(model), start, calls):
         logits = model(images)
     expected = layout.depth - start
     if len(calls) != expected:
@@ -133,14 +169,15 @@ def trace(model: nn.Module, images: Tensor, start: int, layout: TokenLayout) -> 
             f"{type(model).__name__} called its blocks {len(calls)} times after block {start}, "
             f"expected {expected}: {SUPPORTED}"
         )
-    block_input = calls[0][0][0]
-    if block_input.shape[1] != layout.num_tokens:
+    block_input = layout.tokens(calls[0][0][0])
+    seen = layout.at_block(start)
+    if block_input.shape[1] != seen.num_tokens:
         raise UnsupportedModelError(
             f"{type(model).__name__} feeds {block_input.shape[1]} tokens to its blocks, expected "
-            f"{layout.num_prefix} prefix + {layout.grid[0]}x{layout.grid[1]} patch tokens: {SUPPORTED}"
+            f"{seen.num_prefix} prefix + {seen.grid[0]}x{seen.grid[1]} patch tokens: {SUPPORTED}"
         )
     extras = [(args[1:], kwargs) for args, kwargs in calls]
-    later = [args[0] for args, _ in calls[1:]]
+    later = [layout.tokens(args[0]) for args, _ in calls[1:]]
     return Trace(logits=logits, block_input=block_input, block_extras=extras, later_inputs=later)
 
 
@@ -169,29 +206,6 @@ def replace_norm1_output(block: nn.Module, replacement: Tensor) -> Iterator[None
         )
 
 
-def run_blocks(
-    model: nn.Module,
-    tokens: Tensor,
-    start: int,
-    extras: list[BlockExtras],
-    norm1_output: Tensor | None = None,
-) -> Tensor:
-    """Run ``blocks[start:]``, the final norm and the head on ``tokens``; return the logits.
-
-    ``norm1_output``, when given, replaces the first block's LayerNorm output (see
-    ``replace_norm1_output``) while ``tokens`` is what that block's skip path carries.
-    """
-    blocks = list(model.blocks)[start:]
-    x = tokens
-    for i, (block, (args, kwargs)) in enumerate(zip(blocks, extras, strict=True)):
-        if i == 0 and norm1_output is not None:
-            with replace_norm1_output(block, norm1_output):
-                x = block(x, *args, **kwargs)
-        else:
-            x = block(x, *args, **kwargs)
-    return model.forward_head(model.norm(x))
-
-
 @torch.inference_mode()
 def check_decomposition(
     model: nn.Module, layout: TokenLayout, start: int, input_size: tuple[int, ...]
@@ -205,8 +219,8 @@ def check_decomposition(
     generator = torch.Generator().manual_seed(0)
     images = torch.randn((1, *input_size), generator=generator).to(device)
     traced = trace(model, images, start, layout)
-    norm1 = model.blocks[start].norm1(traced.block_input)
-    replayed = run_blocks(model, traced.block_input, start, traced.block_extras, norm1_output=norm1)
+    norm1 = layout.blocks(model)[start].norm1(traced.block_input)
+    replayed = layout.run_blocks(model, traced.block_input, start, traced.block_extras, norm1)
     # equal_nan: a checkpoint with NaN weights is a broken model, reported per image, not an unsupported one
     if replayed.shape != traced.logits.shape or not torch.allclose(
         replayed, traced.logits, rtol=1e-4, atol=1e-4, equal_nan=True

@@ -17,6 +17,7 @@ from timm.layers import Attention
 from torch import Tensor, nn
 
 from vitcam_cli.engine.geometry import TokenLayout
+from vitcam_cli.engine.stages import StageLayout
 from vitcam_cli.errors import UnsupportedModelError
 
 
@@ -29,6 +30,12 @@ class AttentionMethod:
     def __init__(self, model: nn.Module, layout: TokenLayout) -> None:
         self.model = model
         self.layout = layout
+        if isinstance(layout, StageLayout):
+            raise UnsupportedModelError(
+                f"{self.name} needs an attention matrix over the whole image, and "
+                f"{type(model).__name__}'s window attention has none (each window attends within "
+                "itself): use reciprocam or gradcam"
+            )
         self.modules = attention_modules(model, self.name)
         self.token_pool = getattr(model, "global_pool", "token") == "token"
 

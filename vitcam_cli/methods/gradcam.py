@@ -2,7 +2,8 @@
 
 The patch tokens of ``blocks[-1].norm1`` are the feature map; each channel's weight is the mean
 gradient of the class logit over the patch tokens, and the map is ReLU(sum_c weight_c * token_c),
-the recipe pytorch-grad-cam documents for timm ViTs.
+the recipe pytorch-grad-cam documents for timm ViTs. On a Swin the last block is that of the last
+stage (``layers[-1].blocks[-1].norm1``, pytorch-grad-cam's choice too) and the map has its grid.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class GradCAM:
     def __init__(self, model: nn.Module, layout: TokenLayout) -> None:
         self.model = model
         self.layout = layout
-        self.layer = model.blocks[-1].norm1
+        self.layer = layout.blocks(model)[-1].norm1
 
     def __call__(self, images: Tensor, choose_classes: ClassChooser) -> Explanation:
         captured: list[Tensor] = []
@@ -32,13 +33,14 @@ class GradCAM:
                 logits = self.model(images)
             finally:
                 handle.remove()
-            tokens = captured[0]
+            output = captured[0]
+            tokens = self.layout.tokens(output.detach())
             classes = choose_classes(logits.detach().float())
             maps = []
             for t in range(classes.shape[1]):
                 score = logits.gather(1, classes[:, t : t + 1]).sum()
-                (grad,) = torch.autograd.grad(score, tokens, retain_graph=t + 1 < classes.shape[1])
-                weights = grad[:, prefix:].float().mean(1, keepdim=True)
-                maps.append((tokens[:, prefix:].detach().float() * weights).sum(-1).clamp_min(0))
+                (grad,) = torch.autograd.grad(score, output, retain_graph=t + 1 < classes.shape[1])
+                weights = self.layout.tokens(grad)[:, prefix:].float().mean(1, keepdim=True)
+                maps.append((tokens[:, prefix:].float() * weights).sum(-1).clamp_min(0))
         stacked = torch.stack(maps, 1).view(images.shape[0], classes.shape[1], *self.layout.grid)
         return Explanation(logits=logits.detach().float(), classes=classes, maps=stacked)

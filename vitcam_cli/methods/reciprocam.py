@@ -124,10 +124,15 @@ class ReciproCAM:
             )
         # the target block first, then the blocks before it that --fuse-blocks adds
         blocks = [self.block_index - i for i in range(settings.fuse)]
+        if len({layout.at_block(block).grid for block in blocks}) > 1:
+            raise ParameterError(
+                "fuse", "reaches blocks of an earlier stage, whose token grid differs", settings.fuse
+            )
         for block in blocks:
             check_decomposition(model, layout, block, input_size)
         self.engines = [
-            create_engine(engine, model, layout, block, settings.copies, mask_batch) for block in blocks
+            create_engine(engine, model, layout.at_block(block), block, settings.copies, mask_batch)
+            for block in blocks
         ]
         self.engine = self.engines[0]
         self.first_block = blocks[-1]
@@ -135,7 +140,7 @@ class ReciproCAM:
     def _prefixed(self, traced: Trace, offset: int) -> Trace:
         """The pass seen from a target block, its input's prefix tokens as ``prefix`` says."""
         seen = traced.from_block(offset)
-        if self.settings.prefix == "keep":
+        if self.settings.prefix == "keep" or not self.layout.num_prefix:
             return seen
         count = self.layout.num_prefix
         prefix = traced.block_input[:, :count]  # as the first block received them

@@ -20,7 +20,7 @@ import torch
 from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset, resolve_input_data_config
 from torch import nn
 
-from vitcam_cli.engine.geometry import token_layout
+from vitcam_cli.engine.stages import model_layout
 from vitcam_cli.errors import ParameterError, VitcamError, literal
 from vitcam_cli.models.files import check_model_folder
 from vitcam_cli.models.loaded import LoadedModel, ModelSpec
@@ -246,12 +246,12 @@ def accepts(name: str) -> bool:
 
 
 def accepts_object(model: nn.Module) -> bool:
-    """Every object, as the fallback: ``wrap`` refuses what is not a supported ViT in one line."""
+    """Every object, as the fallback: ``wrap`` refuses what is not a supported ViT or Swin in one line."""
     return True
 
 
 def load(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
-    """Create the model, load its weights, check it is a supported ViT, and build its preprocessing."""
+    """Create the model, load its weights, check it is a supported ViT or Swin, build its preprocessing."""
     load_pretrained = spec.pretrained and spec.checkpoint is None
     if spec.num_classes is not None and spec.num_classes < 1:
         raise ParameterError("num_classes", "must be at least 1", spec.num_classes)
@@ -261,7 +261,7 @@ def load(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
     model = _create(
         spec.name, load_pretrained, {key: value for key, value in kwargs.items() if value is not None}
     )
-    token_layout(model)  # refuse an unsupported model before reading any weights
+    model_layout(model)  # refuse an unsupported model before reading any weights
     if spec.checkpoint is not None:
         _load_checkpoint(model, spec.checkpoint)
     loaded = wrap(model, device, spec.name)
@@ -273,9 +273,9 @@ def load(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
 
 
 def wrap(model: nn.Module, device: torch.device | str = "cpu", name: str | None = None) -> LoadedModel:
-    """A timm ViT already in memory, ready to explain: put in eval mode on ``device``, its token layout
+    """A timm ViT or Swin in memory, ready to explain: put in eval mode on ``device``, its token layout
     checked, its preprocessing and class names read from its pretrained_cfg."""
-    layout = token_layout(model)
+    layout = model_layout(model)
     model.eval().to(device)
     data_config = resolve_input_data_config(model)
     transform = create_transform(**data_config, is_training=False)
