@@ -19,7 +19,7 @@ from PIL import Image
 from tests.conftest import noise, noise_folder
 from tests.test_cli import VITCAM, explain, rows_of, run
 from tests.test_evaluate import evaluate, write_labelled
-from tests.test_faults import SLOW, assert_outputs_whole
+from tests.test_faults import assert_outputs_whole
 from vitcam_cli import Explainer
 from vitcam_cli.errors import MissingFileError, NonFiniteError, ParameterError, VitcamError
 
@@ -218,13 +218,43 @@ def rows_written(out: Path, count: int, process: subprocess.Popen, seconds: floa
     raise AssertionError(f"{count} rows not written (exit {process.returncode}): {stderr[-2000:]}")
 
 
-def test_sigterm_stops_like_ctrl_c_and_an_immediate_resume_finishes(tmp_path):
-    """The slow settings of test_faults: each image takes long enough that the run is mid-way when the
-    signal comes; decoding in two worker processes, which must not keep the folder locked."""
+# the real entry point, held after its first rows reach results.jsonl until a signal arrives: the test
+# never depends on a run being slow enough to interrupt
+HELD_AFTER_FIRST_ROWS = """
+import sys, time
+from vitcam_cli.cli import main
+from vitcam_cli.outputs.manifest import Manifest
+write, held = Manifest.write, []
+def write_then_hold(self, rows):
+    write(self, rows)
+    if not held:
+        held.append(True)
+        while True:
+            time.sleep(0.05)
+Manifest.write = write_then_hold
+sys.argv[0] = "vitcam"
+main()
+"""
+
+
+def test_sigterm_stops_like_ctrl_c_and_an_immediate_resume_finishes(tiny_model, tmp_path):
+    """Decoding in two worker processes, which must not keep the folder locked for the resume."""
     many, out = noise_folder(tmp_path / "many", 8, seed=860, size=(120, 160)), tmp_path / "out"
-    command = [*VITCAM, "explain", str(many), "-o", str(out), *SLOW, "--workers", "2"]
+    arguments = [
+        "explain",
+        str(many),
+        "--model",
+        str(tiny_model),
+        "-o",
+        str(out),
+        "-b",
+        "2",
+        "--workers",
+        "2",
+    ]
+    command = [sys.executable, "-c", HELD_AFTER_FIRST_ROWS, *arguments, "-q"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    rows_written(out, 2, process)
+    rows_written(out, 1, process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 143, stderr
@@ -233,8 +263,9 @@ def test_sigterm_stops_like_ctrl_c_and_an_immediate_resume_finishes(tmp_path):
     assert not (out / ".vitcam.lock").exists()
     assert_outputs_whole(out)
     done = len(rows_of(out))
-    result = subprocess.run([*command, "--skip-existing"], capture_output=True, text=True)  # at once
-    assert result.returncode == 0, result.stderr
+    assert 0 < done < 8
+    result = subprocess.run([*VITCAM, *arguments, "-q", "--skip-existing"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr  # at once
     assert len(rows_of(out)) == 8
     assert json.loads((out / "summary.json").read_text())["images"]["skipped"] == done
 
