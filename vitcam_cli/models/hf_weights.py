@@ -153,6 +153,16 @@ def _embeddings(state: dict[str, Tensor]) -> dict[str, Tensor]:
     }
 
 
+def _norm_and_head(state: dict[str, Tensor], classifier: str = "classifier") -> dict[str, Tensor]:
+    """The final LayerNorm and the linear classifier, under timm's names."""
+    return {
+        "norm.weight": state["layernorm.weight"],
+        "norm.bias": state["layernorm.bias"],
+        "head.weight": state[f"{classifier}.weight"],
+        "head.bias": state[f"{classifier}.bias"],
+    }
+
+
 def _vit(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Module, dict[str, Tensor]]:
     """ViT and DeiT (its distillation token a second prefix token, the head on CLS alone)."""
     config, state = model.config, canonical_state(model)
@@ -161,10 +171,7 @@ def _vit(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Module, dict
     tensors = _embeddings(state) | _block_tensors(state, config.num_hidden_layers)
     tensors |= {
         "pos_embed": state["embeddings.position_embeddings"],
-        "norm.weight": state["layernorm.weight"],
-        "norm.bias": state["layernorm.bias"],
-        "head.weight": state["classifier.weight"],
-        "head.bias": state["classifier.bias"],
+        **_norm_and_head(state),
     }
     if distilled:
         tensors["reg_token"] = state["embeddings.distillation_token"]
@@ -179,10 +186,7 @@ def _deit_with_teacher(model: nn.Module, input_size: tuple[int, int]) -> tuple[n
     tensors |= {
         "dist_token": state["embeddings.distillation_token"],
         "pos_embed": state["embeddings.position_embeddings"],
-        "norm.weight": state["layernorm.weight"],
-        "norm.bias": state["layernorm.bias"],
-        "head.weight": state["cls_classifier.weight"],
-        "head.bias": state["cls_classifier.bias"],
+        **_norm_and_head(state, "cls_classifier"),
         "head_dist.weight": state["distillation_classifier.weight"],
         "head_dist.bias": state["distillation_classifier.bias"],
     }
@@ -258,10 +262,7 @@ def _dinov2(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Module, d
     tensors |= {
         "cls_token": state["embeddings.cls_token"] + position[:, :1],
         "pos_embed": position[:, 1:],
-        "norm.weight": state["layernorm.weight"],
-        "norm.bias": state["layernorm.bias"],
-        "head.weight": state["classifier.weight"],
-        "head.bias": state["classifier.bias"],
+        **_norm_and_head(state),
     }
     if registers:
         tensors["reg_token"] = state["embeddings.register_tokens"]
