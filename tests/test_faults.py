@@ -6,6 +6,7 @@ import errno
 import json
 import signal
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,14 +38,39 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start(folder: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([*VITCAM, "explain", str(folder), "-o", str(out), *SLOW],
+# the real entry point, held once ``rows`` rows are in results.jsonl until a signal stops it: a test never
+# depends on a run being slow enough to interrupt
+HELD_AFTER_ROWS = """
+import sys, time
+from vitcam_cli.cli import main
+from vitcam_cli.outputs.manifest import Manifest
+write, rows, state = Manifest.write, int(sys.argv.pop(1)), {"written": 0, "held": False}
+def write_then_hold(self, batch):
+    write(self, batch)
+    state["written"] += len(batch)
+    if state["written"] >= rows and not state["held"]:
+        state["held"] = True
+        while True:
+            time.sleep(0.05)
+Manifest.write = write_then_hold
+sys.argv[0] = "vitcam"
+main()
+"""
+
+
+def held_command(rows: int, *arguments: str) -> list[str]:
+    """``vitcam ARGUMENTS`` that stops making progress once ``rows`` rows are written."""
+    return [sys.executable, "-c", HELD_AFTER_ROWS, str(rows), *arguments]
+
+
+def start(folder: Path, out: Path, rows: int) -> subprocess.Popen:
+    return subprocess.Popen(held_command(rows, "explain", str(folder), "-o", str(out), *SLOW),
                             preexec_fn=_default_sigint, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
 
 
 def wait_for_rows(out: Path, count: int, process: subprocess.Popen) -> None:
-    deadline = time.time() + 120
+    deadline = time.time() + 900  # generous: a loaded machine is slow; the run waits once there
     while time.time() < deadline and process.poll() is None:
         jsonl = out / "results.jsonl"
         if jsonl.exists() and jsonl.read_text().count("\n") >= count:
@@ -71,7 +97,7 @@ def assert_outputs_whole(out: Path) -> None:
 def test_kill_9_then_resume_equals_an_uninterrupted_run(many, tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     assert subprocess.run([*VITCAM, "explain", str(many), "-o", str(reference), *SLOW]).returncode == 0
-    process = start(many, killed)
+    process = start(many, killed, rows=5)
     wait_for_rows(killed, 5, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -90,7 +116,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(many, tmp_path):
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(many, tmp_path):
     out = tmp_path / "out"
-    process = start(many, out)
+    process = start(many, out, rows=3)
     wait_for_rows(out, 3, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)

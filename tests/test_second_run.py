@@ -19,7 +19,7 @@ from PIL import Image
 from tests.conftest import noise, noise_folder
 from tests.test_cli import VITCAM, explain, rows_of, run
 from tests.test_evaluate import evaluate, write_labelled
-from tests.test_faults import assert_outputs_whole
+from tests.test_faults import assert_outputs_whole, held_command
 from vitcam_cli import Explainer
 from vitcam_cli.errors import MissingFileError, NonFiniteError, ParameterError, VitcamError
 
@@ -218,25 +218,6 @@ def rows_written(out: Path, count: int, process: subprocess.Popen, seconds: floa
     raise AssertionError(f"{count} rows not written (exit {process.returncode}): {stderr[-2000:]}")
 
 
-# the real entry point, held after its first rows reach results.jsonl until a signal arrives: the test
-# never depends on a run being slow enough to interrupt
-HELD_AFTER_FIRST_ROWS = """
-import sys, time
-from vitcam_cli.cli import main
-from vitcam_cli.outputs.manifest import Manifest
-write, held = Manifest.write, []
-def write_then_hold(self, rows):
-    write(self, rows)
-    if not held:
-        held.append(True)
-        while True:
-            time.sleep(0.05)
-Manifest.write = write_then_hold
-sys.argv[0] = "vitcam"
-main()
-"""
-
-
 def test_sigterm_stops_like_ctrl_c_and_an_immediate_resume_finishes(tiny_model, tmp_path):
     """Decoding in two worker processes, which must not keep the folder locked for the resume."""
     many, out = noise_folder(tmp_path / "many", 8, seed=860, size=(120, 160)), tmp_path / "out"
@@ -252,7 +233,7 @@ def test_sigterm_stops_like_ctrl_c_and_an_immediate_resume_finishes(tiny_model, 
         "--workers",
         "2",
     ]
-    command = [sys.executable, "-c", HELD_AFTER_FIRST_ROWS, *arguments, "-q"]
+    command = held_command(1, *arguments, "-q")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     rows_written(out, 1, process)
     process.send_signal(signal.SIGTERM)
