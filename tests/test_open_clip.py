@@ -376,7 +376,7 @@ def test_without_open_clip_installed_is_one_line(folder, tmp_path, monkeypatch):
 def test_uncached_weights_with_the_hub_out_of_reach_fail_at_once(folder, tmp_path, monkeypatch):
     import huggingface_hub
 
-    monkeypatch.setattr("vitcam_cli.models.open_clip._hub_reachable", lambda: False)
+    monkeypatch.setattr("vitcam_cli.models.hub.reachable", lambda: False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     code, _, stderr = run(

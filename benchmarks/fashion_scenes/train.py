@@ -109,33 +109,34 @@ def build_model(args: argparse.Namespace) -> nn.Module:
         return build_swin(args)
     return timm.create_model(
         "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=IMAGE_SIZE,
-        patch_size=args.patch_size,
-        embed_dim=args.embed_dim,
+        **_common_kwargs(args),
         depth=args.depth,
         num_heads=args.heads,
-        num_classes=len(CLASS_NAMES),
         global_pool="token",
-        drop_path_rate=args.drop_path,
-        pretrained_cfg_overlay=PRETRAINED_CFG,
     )
+
+
+def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """What every trained architecture shares: random init, the scenes' size and classes, the options."""
+    return {
+        "pretrained": False,
+        "img_size": IMAGE_SIZE,
+        "patch_size": args.patch_size,
+        "embed_dim": args.embed_dim,
+        "num_classes": len(CLASS_NAMES),
+        "drop_path_rate": args.drop_path,
+        "pretrained_cfg_overlay": PRETRAINED_CFG,
+    }
 
 
 def build_swin(args: argparse.Namespace) -> nn.Module:
     """A small Swin for 112x112 inputs: 4x4 patches make a 28x28 first stage, each later stage halves it."""
     return timm.create_model(
         "swin_tiny_patch4_window7_224",
-        pretrained=False,
-        img_size=IMAGE_SIZE,
-        patch_size=args.patch_size,
+        **_common_kwargs(args),
         window_size=args.window_size,
-        embed_dim=args.embed_dim,
         depths=args.depths,
         num_heads=tuple(args.heads * 2**stage for stage in range(len(args.depths))),
-        num_classes=len(CLASS_NAMES),
-        drop_path_rate=args.drop_path,
-        pretrained_cfg_overlay=PRETRAINED_CFG,
     )
 
 

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from vitcam_cli.engine.geometry import token_layout
 from vitcam_cli.errors import ParameterError, UnsupportedModelError, VitcamError, literal
+from vitcam_cli.models import hub
 from vitcam_cli.models.loaded import LoadedModel, ModelSpec, read_class_names
-from vitcam_cli.models.timm import _hub_reachable
 
 PREFIX = "open_clip:"
 DEFAULT_PROMPT = "a photo of a {}."
@@ -311,13 +311,13 @@ def _check_hub(open_clip: Any, architecture: str, tag: str) -> None:
     import huggingface_hub
 
     location = open_clip.get_pretrained_cfg(architecture, tag).get("hf_hub", "")
-    if not location or huggingface_hub.constants.HF_HUB_OFFLINE or _hub_reachable():
+    if not location or huggingface_hub.constants.HF_HUB_OFFLINE or hub.reachable():
         return
     # 'org/name/file' names a file; 'org/name/' the repository, whose default files open_clip reads
     repository, _, filename = location.rpartition("/")
     named = (filename, filename.replace(".bin", ".safetensors")) if filename else ()
     files = (*named, *HUB_WEIGHT_FILES)
-    if any(isinstance(huggingface_hub.try_to_load_from_cache(repository, name), str) for name in files):
+    if hub.cached(repository, files):
         huggingface_hub.constants.HF_HUB_OFFLINE = True
         return
     raise ParameterError(

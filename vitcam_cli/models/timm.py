@@ -8,11 +8,9 @@ model string no other adapter claims is read as a timm name.
 from __future__ import annotations
 
 import difflib
-import socket
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import huggingface_hub
 import timm
@@ -22,6 +20,7 @@ from torch import nn
 
 from vitcam_cli.engine.stages import model_layout
 from vitcam_cli.errors import ParameterError, VitcamError, literal
+from vitcam_cli.models import hub
 from vitcam_cli.models.files import check_model_folder
 from vitcam_cli.models.loaded import LoadedModel, ModelSpec
 
@@ -148,7 +147,6 @@ def _load_checkpoint(model: nn.Module, checkpoint: Path) -> None:
         raise ParameterError("checkpoint", f"does not match the model architecture ({detail})", checkpoint)
 
 
-HUB_PROBE_SECONDS = 3.0
 # the files timm reads pretrained weights from, in a hub repository
 HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
@@ -163,25 +161,15 @@ def _hub_repository(name: str) -> str | None:
     return getattr(config, "hf_hub_id", None) or None
 
 
-def _hub_reachable() -> bool:
-    host = urlparse(huggingface_hub.constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=HUB_PROBE_SECONDS).close()
-    except OSError:
-        return False
-    return True
-
-
 def _check_hub(spec: str, name: str) -> None:
     """Before timm asks the hub for weights: with the hub out of reach, use cached weights at once (the
     hub's offline mode) or fail now with the way out, rather than after a minute of retries."""
     if huggingface_hub.constants.HF_HUB_OFFLINE:
         return
     repository = _hub_repository(name)
-    if repository is None or _hub_reachable():
+    if repository is None or hub.reachable():
         return
-    cached = (huggingface_hub.try_to_load_from_cache(repository, file) for file in HUB_WEIGHT_FILES)
-    if any(isinstance(path, str) for path in cached):
+    if hub.cached(repository, HUB_WEIGHT_FILES):
         huggingface_hub.constants.HF_HUB_OFFLINE = True
         return
     raise ParameterError(

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vitcam_cli.errors import ParameterError, UnsupportedModelError, literal
+from vitcam_cli.models import hub
 from vitcam_cli.models.loaded import LoadedModel, ModelSpec
 
 HUB_PREFIX = "hf:"
@@ -84,12 +85,9 @@ def _offline(spec: str, repository: str, revision: str | None) -> bool:
     not cached fails now with the way out, not after a minute of retries."""
     import huggingface_hub
 
-    from vitcam_cli.models.timm import _hub_reachable
-
-    if not huggingface_hub.constants.HF_HUB_OFFLINE and _hub_reachable():
+    if not huggingface_hub.constants.HF_HUB_OFFLINE and hub.reachable():
         return False
-    cached = huggingface_hub.try_to_load_from_cache(repository, "config.json", revision=revision)
-    if isinstance(cached, str):
+    if hub.cached(repository, ("config.json",), revision):
         return True
     raise ParameterError(
         "model",
