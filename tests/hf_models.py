@@ -64,6 +64,19 @@ CLASSES: dict[str, tuple[str, dict, str, dict]] = {
 }
 FIVE = list(CLASSES)  # the five families: ViT, DeiT (two heads), BEiT, DINOv2 (with registers)
 
+# Swin, 64 px in 4x4 patches: stages of 16x16, 8x8 and 4x4 tokens in 2x2 windows, so the second block of
+# every stage shifts its windows (the last stage's too: it is larger than one window)
+SWIN = {
+    "image_size": 64,
+    "patch_size": 4,
+    "embed_dim": 16,
+    "depths": [2, 2, 2],
+    "num_heads": [1, 2, 4],
+    "window_size": 2,
+    "id2label": TINY["id2label"],
+    "label2id": TINY["label2id"],
+}
+
 
 def tiny_classifier(name: str, seed: int = 0) -> tuple[nn.Module, object]:
     """A random-weight model of transformers class ``name`` (weights large enough for varied scores)
@@ -79,8 +92,27 @@ def tiny_classifier(name: str, seed: int = 0) -> tuple[nn.Module, object]:
     return model, processor
 
 
+def tiny_swin_classifier(seed: int = 0, **overrides: object) -> tuple[nn.Module, object]:
+    """A random-weight ``SwinForImageClassification`` and the ViT image processor Swin ships with."""
+    config = transformers.SwinConfig(**SWIN | overrides)
+    config.architectures = ["SwinForImageClassification"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.SwinForImageClassification(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # large random weights, norms near identity: scores that vary from image to image
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            is_norm_weight = "norm" in name and name.endswith("weight")
+            parameter.copy_(1 + 0.1 * noise if is_norm_weight else noise * (0.1 if "norm" in name else 0.2))
+    size = int(config.image_size)
+    return model, transformers.ViTImageProcessor(size={"height": size, "width": size})
+
+
 def save_classifier(folder: Path, name: str, seed: int = 0) -> Path:
-    model, processor = tiny_classifier(name, seed)
+    model, processor = (
+        tiny_swin_classifier(seed) if name == "SwinForImageClassification" else (tiny_classifier(name, seed))
+    )
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder

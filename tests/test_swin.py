@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 from timm.models import save_for_hf
 
 from tests.conftest import CLASS_NAMES
 from tests.models import scramble
 from tests.test_cli import explain, rows_of, run
+from tests.test_distributed import assert_same_rows
 from tests.test_evaluate import evaluate, write_labelled
 from vitcam_cli import Explainer
 from vitcam_cli.engine.geometry import trace
@@ -275,3 +277,30 @@ def test_the_api_on_a_folder_and_on_a_model_object(swin_folder, small_folder):
     torch.testing.assert_close(from_object.maps, from_folder.maps)
     gradcam = Explainer(model, method="gradcam", device="cpu")(files)
     assert gradcam.maps.shape == (2, 1, 2, 2)
+
+
+def test_shards_merge_as_one_run_on_a_swin(swin_folder, small_folder, tmp_path):
+    common = ["--model", f"local-dir:{swin_folder}", "--workers", "0", "-q", "--device", "cpu"]
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert run("explain", str(small_folder), *common, "-o", str(single))[0] == 0
+    for index in range(2):
+        shard = ("--shard", f"{index}/2")
+        code, _, stderr = run("explain", str(small_folder), *common, "-o", str(sharded), *shard)
+        assert code == 0, stderr
+    code, _, stderr = run("merge", str(sharded), "-q")
+    assert code == 0, stderr
+    assert_same_rows(rows_of(sharded), rows_of(single))
+
+
+def test_checkpoint_on_a_registry_swin_and_its_class_count_checked(small_folder, tmp_path):
+    """A Swin's classifier is ``head.fc``: a checkpoint with another class count gets the one-line fix."""
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=5, img_size=64)
+    save_file(scramble(model, seed=2, std=0.05).state_dict(), tmp_path / "swin.safetensors")
+    common = ["--model", "swin_tiny_patch4_window7_224", "--checkpoint", str(tmp_path / "swin.safetensors"),
+              "--img-size", "64", "--workers", "0", "-q"]  # fmt: skip
+    out = tmp_path / "out"
+    code, _, stderr = run("explain", str(small_folder), *common, "--num-classes", "5", "-o", str(out))
+    assert code == 0, stderr
+    assert rows_of(out) and all(row["status"] == "ok" for row in rows_of(out))
+    code, _, stderr = run("explain", str(small_folder), *common, "--num-classes", "7", "-o", str(out) + "7")
+    assert code == 2 and "has a 5-class head but the model has 7: add --num-classes 5" in stderr

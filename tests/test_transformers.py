@@ -34,7 +34,7 @@ from vitcam_cli.api import Explainer
 from vitcam_cli.defaults import PUBLISHED_PRESETS
 from vitcam_cli.errors import ParameterError
 from vitcam_cli.methods.factory import create_method
-from vitcam_cli.methods.reciprocam import PRESETS
+from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAMSettings
 from vitcam_cli.models import load_model
 from vitcam_cli.models.hf_weights import KEY_ALIASES, canonical_state
 from vitcam_cli.preprocessing import Preprocessing
@@ -79,9 +79,14 @@ def gaussian_weight(k: tuple[int, int], j: tuple[int, int]) -> float:
     return {0: 1 / 4, 1: 1 / 8, 2: 1 / 16}[dy + dx]
 
 
-def hf_layers(model: nn.Module) -> nn.ModuleList:
+def hf_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's blocks in the order they run (a Swin's numbered across its stages)."""
     base = model.base_model
-    return base.layers if hasattr(base, "layers") else base.encoder.layer
+    if hasattr(base, "layers"):
+        return list(base.layers)
+    if hasattr(base.encoder, "layer"):
+        return list(base.encoder.layer)
+    return [block for stage in base.encoder.layers for block in stage.blocks]
 
 
 def first_norm(layer: nn.Module) -> nn.Module:
@@ -102,11 +107,14 @@ def layer_input(model: nn.Module, layer: nn.Module, image: Tensor) -> Tensor:
     return captured[0]
 
 
-def textbook_map(model: nn.Module, image: Tensor, preset: str, cls: int, grid: tuple[int, int]) -> Tensor:
+def textbook_map(
+    model: nn.Module, image: Tensor, preset: str | ReciproCAMSettings, cls: int, grid: tuple[int, int]
+) -> Tensor:
     """ViT-ReciproCAM by its definition: for each grid cell k, the target layer's LayerNorm output with
     patch token j scaled by the kernel at k (prefix tokens kept), the skip path as the preset says, the
-    rest of the transformers model run on it; the class's score from copy k is the saliency at k."""
-    settings = PRESETS[preset]
+    rest of the transformers model run on it; the class's score from copy k is the saliency at k.
+    ``grid`` is the target layer's token grid (a Swin stage's)."""
+    settings = PRESETS[preset] if isinstance(preset, str) else preset
     layer = hf_layers(model)[settings.target_block]
     x = layer_input(model, layer, image)[0]
     features = first_norm(layer)(x)

@@ -3,7 +3,8 @@
 The export (``OUT/export/``: config.json with the class names and preprocessing, model.safetensors) is
 what vitcam loads as ``--model local-dir:OUT/export``; its scenes have known garment boxes, so its
 explanations can be scored. ``--no-occlusion`` drops CutMix and random erasing (the augmentations that
-hide parts of the object) for a comparison model; mixup and label smoothing stay. ``--arch swin`` trains a
+hide parts of the object) for a comparison model; mixup and label smoothing stay, and ``--mixup 0`` drops
+mixup too (with ``--no-occlusion``, only label smoothing is left). ``--arch swin`` trains a
 hierarchical Swin instead (``--depths`` blocks per stage, ``--heads`` doubling per stage, ``--embed-dim`` the
 first stage's width, each later stage twice as wide).
 
@@ -16,8 +17,8 @@ Usage::
 
     python benchmarks/fashion_scenes/train.py --out runs/fs_vit --epochs 30 --threads 2
     python benchmarks/fashion_scenes/train.py --out runs/fs_vit --epochs 30 --threads 2 --resume
-    python benchmarks/fashion_scenes/train.py --out runs/fs_swin --arch swin --patch-size 4 --depths 2,2 \
-        --window-size 7 --embed-dim 32 --heads 1 --threads 2
+    python benchmarks/fashion_scenes/train.py --out runs/fs_swin --arch swin --patch-size 8 --depths 2,2 \
+        --window-size 7 --embed-dim 48 --heads 2 --no-occlusion --mixup 0 --threads 2
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import timm
 import torch
 from build import CLASS_NAMES, DEFAULT_FASHION_MNIST, IMAGE_SIZE, FashionScenes, MissingFashionMNIST
 from timm.data import Mixup, create_transform, resolve_input_data_config
+from timm.data.mixup import mixup_target
 from timm.data.random_erasing import RandomErasing
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -59,7 +61,7 @@ PRETRAINED_CFG = {
     "std": STD,
 }
 # arguments that define a run: --resume refuses to continue a checkpoint made with other values
-DEFAULTS = {"patch_size": 8, "arch": "vit", "depths": (2, 2), "window_size": 7}
+DEFAULTS = {"patch_size": 8, "arch": "vit", "depths": (2, 2), "window_size": 7, "mixup": 0.8}
 RUN_ARGS = (
     "arch",
     "depths",
@@ -70,6 +72,7 @@ RUN_ARGS = (
     "heads",
     "drop_path",
     "no_occlusion",
+    "mixup",
     "seed",
     "epochs",
     "samples_per_epoch",
@@ -130,7 +133,7 @@ def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_swin(args: argparse.Namespace) -> nn.Module:
-    """A small Swin for 112x112 inputs: 4x4 patches make a 28x28 first stage, each later stage halves it."""
+    """A small Swin for 112x112 inputs: its first stage is 112 / patch size tokens a side, each later half."""
     return timm.create_model(
         "swin_tiny_patch4_window7_224",
         **_common_kwargs(args),
@@ -138,6 +141,24 @@ def build_swin(args: argparse.Namespace) -> nn.Module:
         depths=args.depths,
         num_heads=tuple(args.heads * 2**stage for stage in range(len(args.depths))),
     )
+
+
+def mix_targets(
+    mixup_alpha: float, cutmix_alpha: float
+) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Mixup/CutMix with label smoothing 0.1; only the smoothing when both are off (Mixup needs one)."""
+    if mixup_alpha > 0 or cutmix_alpha > 0:
+        return Mixup(
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            label_smoothing=0.1,
+            num_classes=len(CLASS_NAMES),
+        )
+
+    def smooth(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return images, mixup_target(labels, len(CLASS_NAMES), smoothing=0.1)
+
+    return smooth
 
 
 def parse_depths(text: str) -> tuple[int, ...]:
@@ -200,6 +221,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--window-size", type=int, default=DEFAULTS["window_size"], help="swin: window side")
     parser.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate (DeiT: 0.1)")
     parser.add_argument("--no-occlusion", action="store_true", help="train without CutMix and random erasing")
+    parser.add_argument(
+        "--mixup", type=float, default=0.8, help="Mixup alpha (0: none; with --no-occlusion, no mixing)"
+    )
     parser.add_argument("--test-samples", type=int, default=2000, help="first N test samples, for accuracy")
     parser.add_argument("--seed", type=int, default=0, help="non-negative")
     parser.add_argument("--fashion-mnist", type=Path, default=DEFAULT_FASHION_MNIST, metavar="DIR")
@@ -281,12 +305,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         num_workers=args.workers,
         pin_memory=device.type == "cuda",
     )
-    mixup = Mixup(
-        mixup_alpha=0.8,
-        cutmix_alpha=0.0 if args.no_occlusion else 1.0,
-        label_smoothing=0.1,
-        num_classes=len(CLASS_NAMES),
-    )
+    mix = mix_targets(args.mixup, 0.0 if args.no_occlusion else 1.0)
     criterion = SoftTargetCrossEntropy()
 
     for epoch in range(start_epoch, args.epochs):
@@ -304,9 +323,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         model.train()
         started, loss_sum = time.perf_counter(), 0.0
         for step, (images, labels) in enumerate(loader):
-            images, targets = mixup(
-                images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            )
+            images, targets = mix(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
             loss = criterion(model(images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -2,8 +2,9 @@
 
 ViT and DeiT become timm's ``VisionTransformer`` (DeiT's distillation token as a second prefix
 token), DeiT with its teacher head timm's distilled DeiT, BEiT timm's ``Beit``, DINOv2 a
-``VisionTransformer`` whose head reads the CLS token and the mean of the patch tokens. The engines
-then see the one model shape they know. Nothing here imports transformers: it reads the model's
+``VisionTransformer`` whose head reads the CLS token and the mean of the patch tokens, Swin timm's
+``SwinTransformer`` (the same network: transformers ports the original Swin, as timm does). The engines
+then see the model shapes they know. Nothing here imports transformers: it reads the model's
 config attributes and state dict, whatever version wrote them.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from timm.models.beit import Beit
 from timm.models.deit import VisionTransformerDistilled
+from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -29,6 +31,7 @@ ARCHITECTURES = (
     "BeitForImageClassification",
     "Dinov2ForImageClassification",
     "Dinov2WithRegistersForImageClassification",
+    "SwinForImageClassification",
 )
 SUPPORTED_CLASSES = (
     "vitcam explains these transformers classes: " + ", ".join(ARCHITECTURES) + " (see docs/transformers.md)"
@@ -269,6 +272,80 @@ def _dinov2(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Module, d
     return timm_model, tensors
 
 
+def _swin_stages(state: dict[str, Tensor], depths: list[int]) -> dict[str, Tensor]:
+    """timm Swin stages from transformers' ``encoder.layers``. transformers merges patches at the end of
+    a stage, timm at the start of the next, so stage ``s``'s ``downsample`` becomes stage ``s + 1``'s
+    (both concatenate the 2x2 neighbours in the original Swin's order)."""
+    tensors: dict[str, Tensor] = {}
+    for s, depth in enumerate(depths):
+        source = f"encoder.layers.{s}."
+        blocks = {
+            "layers." + key.removeprefix(source + "blocks."): value
+            for key, value in state.items()
+            if key.startswith(source + "blocks.")
+        }
+        for name, value in _block_tensors(blocks, depth).items():
+            tensors[f"layers.{s}.{name}"] = value
+        for j in range(depth):
+            tensors[f"layers.{s}.blocks.{j}.attn.relative_position_bias_table"] = blocks.get(
+                f"layers.{j}.attention.relative_position_bias.relative_position_bias_table"
+            )
+        for part in ("reduction.weight", "norm.weight", "norm.bias"):
+            if source + f"downsample.{part}" in state:
+                tensors[f"layers.{s + 1}.downsample.{part}"] = state[source + f"downsample.{part}"]
+    return tensors
+
+
+def _check_windows_fit(input_size: tuple[int, int], patch: tuple[int, int], window: int, stages: int) -> None:
+    """transformers and timm pad a stage whose grid is not a multiple of its window differently (their
+    logits differ), so such a stage is refused here rather than explained on another network."""
+    grid = (input_size[0] // patch[0], input_size[1] // patch[1])
+    for stage in range(stages):
+        if min(grid) > window and (grid[0] % window or grid[1] % window):
+            raise UnsupportedModelError(
+                f"Swin's stage {stage + 1} has a {grid[0]}x{grid[1]} token grid, not a multiple of its "
+                f"{window}x{window} windows; only inputs whose stage grids tile into whole windows are "
+                "supported"
+            )
+        grid = ((grid[0] + 1) // 2, (grid[1] + 1) // 2)
+
+
+def _swin(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Module, dict[str, Tensor]]:
+    """Swin (V1): timm's ``SwinTransformer`` with the same stages, windows and pooling."""
+    config, state = model.config, canonical_state(model)
+    if getattr(config, "use_absolute_embeddings", False):
+        raise UnsupportedModelError("Swin with absolute position embeddings is not supported")
+    if str(config.hidden_act) != "gelu":  # timm's Swin has exact GELU only
+        raise UnsupportedModelError(f"Swin with the activation {config.hidden_act!r} is not supported")
+    depths = [int(depth) for depth in config.depths]
+    _check_windows_fit(input_size, pair(config.patch_size), int(config.window_size), len(depths))
+    timm_model = SwinTransformer(
+        img_size=input_size,
+        patch_size=int(config.patch_size),
+        in_chans=int(config.num_channels),
+        num_classes=len(config.id2label),
+        embed_dim=int(config.embed_dim),
+        depths=tuple(depths),
+        num_heads=tuple(int(heads) for heads in config.num_heads),
+        window_size=int(config.window_size),
+        mlp_ratio=float(config.mlp_ratio),
+        qkv_bias=bool(config.qkv_bias),
+        norm_layer=partial(nn.LayerNorm, eps=float(config.layer_norm_eps)),
+    )
+    tensors = _swin_stages(state, depths)
+    tensors |= {
+        "patch_embed.proj.weight": state["embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": state["embeddings.patch_embeddings.projection.bias"],
+        "patch_embed.norm.weight": state["embeddings.norm.weight"],
+        "patch_embed.norm.bias": state["embeddings.norm.bias"],
+        "norm.weight": state["layernorm.weight"],
+        "norm.bias": state["layernorm.bias"],
+        "head.fc.weight": state["classifier.weight"],
+        "head.fc.bias": state["classifier.bias"],
+    }
+    return timm_model, tensors
+
+
 CONVERTERS: dict[str, Callable[[nn.Module, tuple[int, int]], tuple[nn.Module, dict[str, Tensor]]]] = {
     "ViTForImageClassification": _vit,
     "DeiTForImageClassification": _vit,
@@ -276,6 +353,7 @@ CONVERTERS: dict[str, Callable[[nn.Module, tuple[int, int]], tuple[nn.Module, di
     "BeitForImageClassification": _beit,
     "Dinov2ForImageClassification": _dinov2,
     "Dinov2WithRegistersForImageClassification": _dinov2,
+    "SwinForImageClassification": _swin,
 }
 
 

@@ -98,6 +98,12 @@ def class_names_for(model: nn.Module) -> list[str]:
     return [str(i) for i in range(num_classes)]
 
 
+def _classifier_name(model: nn.Module) -> str:
+    """The classifier's module path (``head`` for a ViT, ``head.fc`` for a Swin)."""
+    classifier = model.get_classifier()
+    return next((name for name, module in model.named_modules() if module is classifier), "head")
+
+
 def _load_checkpoint(model: nn.Module, checkpoint: Path) -> None:
     """Load .safetensors or .pth/.pt/.bin (weights only), unwrapping common containers and prefixes."""
     if not checkpoint.is_file():
@@ -114,7 +120,12 @@ def _load_checkpoint(model: nn.Module, checkpoint: Path) -> None:
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ParameterError("checkpoint", "not a state dict of tensors", checkpoint)
     state_dict = {key.removeprefix("model."): value for key, value in state_dict.items()}
-    head = state_dict.get("head.weight")
+    # the model family's own filter adapts native checkpoints (e.g. resamples pos_embed for --img-size,
+    # renames an older Swin's head.weight to head.fc.weight)
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state_dict = filter_fn(state_dict, model)
+    head = state_dict.get(f"{_classifier_name(model)}.weight")
     if head is not None and head.shape[0] != model.num_classes:
         raise ParameterError(
             "checkpoint",
@@ -122,10 +133,6 @@ def _load_checkpoint(model: nn.Module, checkpoint: Path) -> None:
             f"{{num_classes}} {head.shape[0]}",
             checkpoint,
         )
-    # the model family's own filter adapts native checkpoints (e.g. resamples pos_embed for --img-size)
-    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        state_dict = filter_fn(state_dict, model)
     try:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as error:  # a tensor of another shape

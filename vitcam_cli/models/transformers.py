@@ -1,4 +1,4 @@
-"""The transformers adapter: Hugging Face image classifiers (ViT, DeiT, BEiT, DINOv2).
+"""The transformers adapter: Hugging Face image classifiers (ViT, DeiT, BEiT, DINOv2, Swin).
 
 Claims ``hf:ORG/NAME`` (a Hub id in transformers' format, ``@REVISION`` optional), folders written
 by ``save_pretrained`` (their config.json is a transformers config, with ``model_type``), and
@@ -268,7 +268,7 @@ def wrap(
     """A transformers classifier in memory, converted to its timm equivalent and ready to explain."""
     from timm.data import create_transform
 
-    from vitcam_cli.engine.geometry import token_layout
+    from vitcam_cli.engine.stages import model_layout
     from vitcam_cli.models.hf_processor import data_config as processor_data_config
     from vitcam_cli.models.hf_weights import to_timm
 
@@ -287,7 +287,7 @@ def wrap(
             f"{name}: its weights do not fit the {architecture} its config describes ({_first_line(error)})"
         ) from error
     _check_probe(model, converted, size, name)
-    layout = token_layout(converted)
+    layout = model_layout(converted)
     converted.to(device)
     labels = model.config.id2label
     class_names = [str(labels.get(i, labels.get(str(i), i))) for i in range(len(labels))]
