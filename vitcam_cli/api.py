@@ -107,7 +107,7 @@ class Explainer:
     """A model and a saliency method, ready to explain images.
 
     ``model`` is a timm model object or any model string of the command line (a timm name, ``hf-hub:``,
-    ``local-dir:``, a folder, or the bundled ``fashion-vit``); ``method`` any method string
+    ``local-dir:``, a folder, or a bundled ``fashion-vit``, ``fashion-swin``); ``method`` any method string
     (``reciprocam``, ``reciprocam:otx:single``, ``relevance``, ...). A transformers classifier object
     works too (``hf:ORG/NAME`` and ``save_pretrained`` folders as strings); ``image_processor`` is its
     image processor when the model was not loaded from a folder or Hub id. Zero-shot: ``open_clip:ARCH``

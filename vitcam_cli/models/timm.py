@@ -31,7 +31,8 @@ OFFLINE_HINT = (
 
 
 # models that ship inside the package, in timm's export format: ``--model NAME`` works offline
-BUNDLED_MODELS = {"fashion-vit": Path(__file__).parents[1] / "assets" / "fashion-vit"}
+ASSETS = Path(__file__).parents[1] / "assets"
+BUNDLED_MODELS = {name: ASSETS / name for name in ("fashion-vit", "fashion-swin")}
 
 
 def _export_folder(spec: str, folder: Path) -> str:
