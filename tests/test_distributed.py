@@ -107,16 +107,20 @@ def test_merge_refuses_incomplete_or_mixed_shards(tiny_model, folder, tmp_path):
     assert code == 2 and "--shard 3/3" in stderr
 
 
+def torchrun(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``vitcam ARGS`` under torchrun: two CPU processes on this machine, one thread each."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+         "-m", "vitcam_cli", *map(str, args)],
+        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300,
+    )  # fmt: skip
+
+
 def test_torchrun_two_cpu_processes_equal_a_single_process_run(tiny_model, folder, tmp_path):
     single, ranked = tmp_path / "single", tmp_path / "ranked"
     assert explain(tiny_model, str(folder), "-o", str(single))[0] == 1
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-         "-m", "vitcam_cli", "explain", str(folder), "--model", f"local-dir:{tiny_model}", "-o", str(ranked),
-         "--device", "cpu", "--workers", "0", "-q"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+    model = ("--model", f"local-dir:{tiny_model}")
+    result = torchrun("explain", folder, *model, "-o", ranked, "--device", "cpu", "--workers", "0", "-q")
     assert result.returncode == 1, result.stderr[-3000:]  # 1: the broken file, as in the single run
     assert sorted(p.name for p in ranked.glob("summary*.json")) == [
         "summary.json", "summary.shard-0-of-2.json", "summary.shard-1-of-2.json"
@@ -175,11 +179,7 @@ def test_evaluate_under_torchrun(tiny_model, tmp_path):
     data = write_labelled(tmp_path / "data")
     single, ranked = tmp_path / "single", tmp_path / "ranked"
     assert run(*_evaluate_args(tiny_model, data), "-o", str(single))[0] == 0
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-         "-m", "vitcam_cli", *_evaluate_args(tiny_model, data), "-o", str(ranked), "--device", "cpu"],
-        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300,
-    )  # fmt: skip
+    result = torchrun(*_evaluate_args(tiny_model, data), "-o", ranked, "--device", "cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = [json.loads((path / "metrics.json").read_text()) for path in (ranked, single)]
     assert_same_metrics(*metrics)

@@ -17,7 +17,7 @@ from timm.models import save_for_hf
 from tests.conftest import CLASS_NAMES
 from tests.models import scramble
 from tests.test_cli import explain, rows_of, run
-from tests.test_distributed import assert_same_rows
+from tests.test_distributed import assert_same_rows, torchrun
 from tests.test_evaluate import evaluate, write_labelled
 from vitcam_cli import Explainer
 from vitcam_cli.engine.geometry import trace
@@ -279,9 +279,9 @@ def test_the_api_on_a_folder_and_on_a_model_object(swin_folder, small_folder):
     assert gradcam.maps.shape == (2, 1, 2, 2)
 
 
-def test_shards_merge_as_one_run_on_a_swin(swin_folder, small_folder, tmp_path):
+def test_shards_merge_and_torchrun_as_one_run_on_a_swin(swin_folder, small_folder, tmp_path):
     common = ["--model", f"local-dir:{swin_folder}", "--workers", "0", "-q", "--device", "cpu"]
-    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    single, sharded, ranked = tmp_path / "single", tmp_path / "sharded", tmp_path / "ranked"
     assert run("explain", str(small_folder), *common, "-o", str(single))[0] == 0
     for index in range(2):
         shard = ("--shard", f"{index}/2")
@@ -290,6 +290,9 @@ def test_shards_merge_as_one_run_on_a_swin(swin_folder, small_folder, tmp_path):
     code, _, stderr = run("merge", str(sharded), "-q")
     assert code == 0, stderr
     assert_same_rows(rows_of(sharded), rows_of(single))
+    result = torchrun("explain", small_folder, *common, "-o", ranked)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_rows(rows_of(ranked), rows_of(single))
 
 
 def test_checkpoint_on_a_registry_swin_and_its_class_count_checked(small_folder, tmp_path):

@@ -28,7 +28,7 @@ from tests.conftest import noise
 from tests.hf_models import CLASS_NAMES, CLASSES, FIVE, save_classifier, tiny_classifier
 from tests.models import tiny_vit
 from tests.test_cli import rows_of, run
-from tests.test_distributed import assert_same_rows
+from tests.test_distributed import assert_same_rows, torchrun
 from tests.test_evaluate import write_labelled
 from vitcam_cli.api import Explainer
 from vitcam_cli.defaults import PUBLISHED_PRESETS
@@ -250,11 +250,7 @@ def test_shards_merge_and_torchrun_on_a_transformers_folder(folders, images, tmp
     code, _, stderr = run("merge", str(sharded), "-q")
     assert code == 0, stderr
     assert_same_rows(rows_of(sharded), rows_of(single))
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-         "-m", "vitcam_cli", "explain", str(images), *common, "-o", str(ranked)],
-        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300,
-    )  # fmt: skip
+    result = torchrun("explain", images, *common, "-o", ranked)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_rows(rows_of(ranked), rows_of(single))
 
