@@ -58,7 +58,7 @@ def test_maps_equal_the_command_lines_saved_maps(explainer, scenes, tmp_path):
         "--no-adcc", "--workers", "0", "-q",
     )  # fmt: skip
     assert code == 0, stderr
-    saved = np.stack([np.load(tmp_path / "out" / "maps" / f"{Path(file.name).stem}.npy") for file in files])
+    saved = np.stack([np.load(tmp_path / "out" / "maps" / f"{Path(file.name).name}.npy") for file in files])
     from_paths = explainer([folder / file.name for file in files])
     np.testing.assert_allclose(from_paths.maps[:, 0].numpy(), saved, rtol=1e-4, atol=1e-5)
     model = timm.create_model(f"local-dir:{BUNDLED_MODELS['fashion-vit']}", pretrained=True)

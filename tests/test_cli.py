@@ -77,7 +77,7 @@ def test_mixed_folder_end_to_end(tiny_model, image_folder, tmp_path):
         assert overlay.size == original.size == (row["width"], row["height"])
         saliency = np.load(out / row["map"])
         assert saliency.shape == (4, 6) and saliency.dtype == np.float32
-    assert (out / "overlays/nested/deeper/gray.png").is_file()
+    assert (out / "overlays/nested/deeper/gray.png.png").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "complete"
     assert summary["images"] == {
@@ -100,7 +100,7 @@ def test_all_good_inputs_exit_zero_and_variants_change_maps(tiny_model, small_fo
             tiny_model, str(small_folder), "-o", str(out), "--variant", variant, "--save-maps"
         )
         assert code == 0, stderr
-        maps[variant] = np.load(out / "maps/a.npy")
+        maps[variant] = np.load(out / "maps/a.png.npy")
         assert json.loads((out / "summary.json").read_text())["settings"]["method"]["variant"] == variant
     assert not np.allclose(maps["official"], maps["otx"])
     assert not np.allclose(maps["otx"], maps["openvino-xai"])
@@ -120,13 +120,13 @@ def test_top_k_and_classes_name_files_by_class(tiny_model, small_folder, tmp_pat
     assert explain(tiny_model, str(small_folder), "-o", str(out), "--top-k", "3")[0] == 0
     rows = [row for row in rows_of(out) if row["path"].endswith("a.png")]
     assert [row["rank"] for row in rows] == [1, 2, 3]
-    assert all(row["overlay"] == f"overlays/a.{row['class_index']}.png" for row in rows)
+    assert all(row["overlay"] == f"overlays/a.png.{row['class_index']}.png" for row in rows)
     assert rows[0]["probability"] >= rows[1]["probability"] >= rows[2]["probability"]
 
     out = tmp_path / "classes"
     assert explain(tiny_model, str(small_folder), "-o", str(out), "--class", "dog", "-c", "4")[0] == 0
     assert {row["class_name"] for row in rows_of(out)} == {"dog", "horse"}
-    assert (out / "overlays/sub/c.1.png").is_file() and (out / "overlays/sub/c.4.png").is_file()
+    assert (out / "overlays/sub/c.png.1.png").is_file() and (out / "overlays/sub/c.png.4.png").is_file()
 
 
 def test_labels_choose_the_class_and_missing_labels_are_error_rows(tiny_model, small_folder, tmp_path):
@@ -143,16 +143,16 @@ def test_labels_choose_the_class_and_missing_labels_are_error_rows(tiny_model, s
 def test_resume_processes_only_missing_images(tiny_model, small_folder, tmp_path):
     out = tmp_path / "out"
     assert explain(tiny_model, str(small_folder), "-o", str(out))[0] == 0
-    kept = out / "overlays/b.jpg"
+    kept = out / "overlays/b.jpg.jpg"
     kept_time = kept.stat().st_mtime_ns
-    (out / "overlays/a.png").unlink()  # as if the run died before this file landed
+    (out / "overlays/a.png.png").unlink()  # as if the run died before this file landed
     lines = (out / "results.jsonl").read_text().splitlines()
     (out / "results.jsonl").write_text("\n".join(lines) + '\n{"path": "torn')
     code, _, stderr = explain(tiny_model, str(small_folder), "-o", str(out), "--skip-existing")
     assert code == 0, stderr
     rows = rows_of(out)
     assert sorted(row["path"] for row in rows) == sorted(json.loads(line)["path"] for line in lines)
-    assert (out / "overlays/a.png").is_file() and kept.stat().st_mtime_ns == kept_time
+    assert (out / "overlays/a.png.png").is_file() and kept.stat().st_mtime_ns == kept_time
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"]["skipped"] == 2 and summary["images"]["ok"] == 3
 
@@ -338,12 +338,12 @@ def test_bf16_on_cpu_runs_and_batch_size_does_not_change_maps(tiny_model, small_
     assert explain(tiny_model, str(small_folder), "-o", str(one), "--save-maps", "-b", "1")[0] == 0
     assert explain(tiny_model, str(small_folder), "-o", str(four), "--save-maps", "-b", "4")[0] == 0
     np.testing.assert_allclose(
-        np.load(one / "maps/a.npy"), np.load(four / "maps/a.npy"), rtol=1e-5, atol=1e-7
+        np.load(one / "maps/a.png.npy"), np.load(four / "maps/a.png.npy"), rtol=1e-5, atol=1e-7
     )
     assert (
         explain(tiny_model, str(small_folder), "-o", str(bf16), "--save-maps", "--precision", "bf16")[0] == 0
     )
-    assert np.isfinite(np.load(bf16 / "maps/a.npy")).all()
+    assert np.isfinite(np.load(bf16 / "maps/a.png.npy")).all()
     assert json.loads((bf16 / "summary.json").read_text())["precision"] == "bf16"
 
 
@@ -380,7 +380,7 @@ def test_engine_option_is_recorded_and_both_engines_agree(tiny_model, small_fold
         )
         assert code == 0, stderr
         assert json.loads((out / "summary.json").read_text())["settings"]["engine"] == engine
-        maps[engine] = np.load(out / "maps/sub/c.npy")
+        maps[engine] = np.load(out / "maps/sub/c.png.npy")
     np.testing.assert_allclose(maps["fast"], maps["dense"], rtol=1e-5, atol=1e-7)
     code, _, _ = explain(tiny_model, str(small_folder), "-o", str(tmp_path / "auto"))
     assert json.loads((tmp_path / "auto" / "summary.json").read_text())["settings"]["engine"] == "fast"

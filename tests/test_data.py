@@ -24,33 +24,25 @@ from vitcam_cli.preprocessing import Preprocessing
 
 def test_discover_is_sorted_recursive_and_filters_extensions(image_folder):
     items = discover([str(image_folder)])
-    keys = [str(item.key) for item in items]
-    assert keys == sorted(keys)
-    assert "notes" not in keys and "notes.txt" not in keys
+    names = [str(item.rel) for item in items]
+    assert [item.rel.parts for item in items] == sorted(item.rel.parts for item in items)
+    assert "notes.txt" not in names
     assert len(items) == len(GOOD_IMAGES) + len(BROKEN_IMAGES)
-    assert "nested/deeper/gray" in keys
+    assert "nested/deeper/gray.png" in names
 
 
 def test_two_folders_with_the_same_names_do_not_collide(tmp_path):
     for folder in ("one", "two"):
         (tmp_path / folder).mkdir()
         Image.fromarray(noise(8, 8)).save(tmp_path / folder / "x.png")
-    keys = [str(item.key) for item in discover([str(tmp_path / "one"), str(tmp_path / "two")])]
-    assert keys == ["one/x", "two/x"]
-
-
-def test_shared_stems_keep_their_extension(tmp_path):
-    Image.fromarray(noise(8, 8)).save(tmp_path / "a.png")
-    Image.fromarray(noise(8, 8)).save(tmp_path / "a.jpg")
-    Image.fromarray(noise(8, 8)).save(tmp_path / "b.png")
-    keys = [str(item.key) for item in discover([str(tmp_path)])]
-    assert keys == ["a.jpg", "a.png", "b"]
+    names = [str(item.rel) for item in discover([str(tmp_path / "one"), str(tmp_path / "two")])]
+    assert names == ["one/x.png", "two/x.png"]
 
 
 def test_explicit_files_and_duplicates(tmp_path):
     Image.fromarray(noise(8, 8)).save(tmp_path / "a.png")
     items = discover([str(tmp_path / "a.png"), str(tmp_path)], [tmp_path / "a.png"])
-    assert len(items) == 1 and str(items[0].key) == "a"
+    assert len(items) == 1 and str(items[0].rel) == "a.png"
 
 
 def test_missing_input_is_a_usage_error(tmp_path):
@@ -58,10 +50,13 @@ def test_missing_input_is_a_usage_error(tmp_path):
         discover([str(tmp_path / "nope")])
 
 
-def test_read_path_list_skips_blank_lines(tmp_path):
+def test_read_path_list_skips_blank_lines_and_keeps_spaces_that_name_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("b.jpg", " spaced.png "):
+        Path(name).write_bytes(b"")
     listing = tmp_path / "list.txt"
-    listing.write_text("a.png\n\n  b.jpg  \n")
-    assert read_path_list(str(listing)) == [Path("a.png"), Path("b.jpg")]
+    listing.write_text("a.png\n\n  b.jpg  \n spaced.png \r\n")
+    assert read_path_list(str(listing)) == [Path("a.png"), Path("b.jpg"), Path(" spaced.png ")]
     with pytest.raises(VitcamError, match="cannot read"):
         read_path_list(str(tmp_path / "missing.txt"))
 

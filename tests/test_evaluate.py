@@ -65,7 +65,7 @@ def test_all_methods_all_metrics(tiny_model, labelled, tmp_path):
     rows = list(csv.DictReader((out / "per_image.csv").open()))
     assert len(rows) == 50 and all(row["status"] == "ok" for row in rows)
     assert {row["class_name"] for row in rows if row["path"].endswith("01.png")} == {"dog"}
-    assert (out / "overlays" / "reciprocam-otx" / "images" / "03.png").is_file()
+    assert (out / "overlays" / "reciprocam-otx" / "images" / "03.png.png").is_file()
     assert (out / "report.html").is_file()
     assert stdout.startswith("| method | adcc |") and "| relevance |" in stdout
 

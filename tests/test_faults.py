@@ -197,7 +197,7 @@ def test_out_of_memory_chunks_are_retried_smaller(tiny_model, small_folder, tmp_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mask_batch_reductions"] == [{"from": 16, "to": 8}, {"from": 8, "to": 4}]
     np.testing.assert_allclose(
-        np.load(out / "maps/a.npy"), np.load(reference / "maps/a.npy"), rtol=1e-5, atol=1e-7
+        np.load(out / "maps/a.png.npy"), np.load(reference / "maps/a.png.npy"), rtol=1e-5, atol=1e-7
     )
 
 

@@ -59,7 +59,7 @@ def test_links_to_files_outside_the_folder_are_explained_inside_out(tiny_model, 
     code, _, stderr = explain(tiny_model, str(dataset), "-o", str(out))
     assert code == 0, stderr
     overlays = sorted(path.relative_to(out).as_posix() for path in (out / "overlays").rglob("*.png"))
-    assert overlays == ["overlays/relative.png", "overlays/sub/linked.png"]
+    assert overlays == ["overlays/relative.png.png", "overlays/sub/linked.png.png"]
 
 
 HOLD = """

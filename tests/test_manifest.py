@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,7 @@ def test_resume_keeps_complete_images_and_drops_torn_lines(tmp_path):
     ]
     (tmp_path / "results.jsonl").write_text("\n".join(lines) + '\n{"path": "d.jpg", "sta')
     manifest = Manifest(tmp_path, resume=True, needs_map=False)
-    assert manifest.done == {"a.jpg"}
+    assert manifest.done == {Path("a.jpg").resolve()}
     manifest.write([_row("b.jpg", "overlays/b.png")])
     counts = manifest.finish()
     assert [row.path for row in read_rows(tmp_path / "results.jsonl")] == ["a.jpg", "b.jpg"]

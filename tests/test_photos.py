@@ -97,10 +97,10 @@ def test_default_overlays_jpeg_for_jpeg_inputs_and_bounded_in_size(tiny_model, p
     assert explain(tiny_model, str(photos), "-o", str(out))[0] == 0
     rows = {Path(row["path"]).name: row for row in rows_of(out)}
     expected = {
-        "portrait.jpg": ("overlays/portrait.jpg", "JPEG", (576, 768), (1200, 1600)),
-        "landscape.jpg": ("overlays/landscape.jpg", "JPEG", (768, 576), (1600, 1200)),
+        "portrait.jpg": ("overlays/portrait.jpg.jpg", "JPEG", (576, 768), (1200, 1600)),
+        "landscape.jpg": ("overlays/landscape.jpg.jpg", "JPEG", (768, 576), (1600, 1200)),
         "small.jpg": ("overlays/small.jpg.jpg", "JPEG", (90, 60), (90, 60)),  # stems shared: names keep
-        "small.png": ("overlays/small.png.png", "PNG", (50, 40), (50, 40)),  # the source's extension
+        "small.png": ("overlays/small.png.png", "PNG", (50, 40), (50, 40)),  # the source's full name
     }
     for name, (link, kind, overlay_size, original) in expected.items():
         row = rows[name]
@@ -133,7 +133,7 @@ def test_original_size_overlays_line_up_with_the_original(tiny_model, tmp_path):
     out = tmp_path / "out"
     args = ("--overlay-size", "original", "--overlay-format", "png", "--alpha", "0")
     assert explain(tiny_model, str(folder), "-o", str(out), *args)[0] == 0
-    overlay = np.asarray(Image.open(out / "overlays/p.png")).astype(int)
+    overlay = np.asarray(Image.open(out / "overlays/p.jpg.png")).astype(int)
     assert overlay.shape == (1600, 1200, 3)
     # alpha 0: the image itself inside the model's view, dimmed outside it
     original = np.asarray(decode_image(folder / "p.jpg")).astype(int)

@@ -55,9 +55,9 @@ def test_a_used_folder_is_refused_until_resumed_or_overwritten(tiny_model, tmp_p
     assert visible == {
         "notes.txt",
         "overlays/mine.txt",
-        "overlays/0.png",
-        "overlays/1.png",
-        "overlays/2.png",
+        "overlays/0.png.png",
+        "overlays/1.png.png",
+        "overlays/2.png.png",
         "results.jsonl",
         "results.csv",
         "summary.json",
@@ -137,7 +137,7 @@ def test_earlier_output_folders_are_not_explained_as_images(tiny_model, tmp_path
     assert sorted(Path(row["path"]).name for row in rows_of(elsewhere)) == ["0.png", "1.png", "2.png"]
     assert stderr.count("skipped 2 vitcam output folders among the inputs") == 1
     assert json.loads((elsewhere / "summary.json").read_text())["output_folders_skipped"] == 2
-    overlay = photos / "vitcam-out" / "overlays" / "0.png"  # named explicitly: explained
+    overlay = photos / "vitcam-out" / "overlays" / "0.png.png"  # named explicitly: explained
     code, _, stderr = explain(tiny_model, str(overlay), "-o", str(tmp_path / "named"))
     assert code == 0 and len(rows_of(tmp_path / "named")) == 1, stderr
     data = write_labelled(tmp_path / "data")

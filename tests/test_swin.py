@@ -227,7 +227,7 @@ def test_explain_saves_maps_on_the_target_stage(swin_folder, small_folder, tmp_p
         rows = rows_of(out)
         assert rows and all(row["status"] == "ok" for row in rows)
         assert json.loads((out / "summary.json").read_text())["settings"]["engine"] == "dense"
-        assert np.load(out / "maps" / f"{Path(rows[0]['path']).stem}.npy").shape == grid
+        assert np.load(out / "maps" / f"{Path(rows[0]['path']).name}.npy").shape == grid
     code, _, stderr = explain(
         swin_folder, str(small_folder), "-o", str(tmp_path / "fast"), "--engine", "fast"
     )

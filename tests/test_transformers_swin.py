@@ -84,7 +84,7 @@ def test_explain_evaluate_and_bench_on_a_transformers_swin_folder(folder, small_
     rows = rows_of(out)
     assert len(rows) == 3 and all(row["status"] == "ok" for row in rows)
     assert {row["class_name"] for row in rows} <= set(CLASS_NAMES)
-    assert np.load(out / "maps" / f"{Path(rows[0]['path']).stem}.npy").shape == (8, 8)
+    assert np.load(out / "maps" / f"{Path(rows[0]['path']).name}.npy").shape == (8, 8)
     labelled = write_labelled(tmp_path / "data")
     out = tmp_path / "evaluate"
     code, _, stderr = run(

@@ -112,17 +112,17 @@ def test_explain_takes_several_labels_per_file_and_resumes_them(tiny_model, tmp_
     ok = [
         (Path(row["path"]).name, row["class_name"], row["overlay"]) for row in rows if row["status"] == "ok"
     ]
-    assert ok == [("a.png", "cat", "overlays/a.0.png"), ("a.png", "dog", "overlays/a.1.png"),
-                  ("b.png", "bird", "overlays/b.png")]  # fmt: skip
+    assert ok == [("a.png", "cat", "overlays/a.png.0.png"), ("a.png", "dog", "overlays/a.png.1.png"),
+                  ("b.png", "bird", "overlays/b.png.2.png")]  # fmt: skip
     assert all((out / overlay).is_file() for _, _, overlay in ok)
-    (out / "overlays" / "a.1.png").unlink()  # a lost output: resuming redoes that class alone
+    (out / "overlays" / "a.png.1.png").unlink()  # a lost output: resuming redoes that class alone
     code, _, stderr = explain(
         tiny_model, str(data), "-o", str(out), "--labels", str(labels), "--skip-existing"
     )
     assert code == 1, stderr
     again = [(Path(row["path"]).name, row["class_name"]) for row in rows_of(out) if row["status"] == "ok"]
     assert sorted(again) == [("a.png", "cat"), ("a.png", "dog"), ("b.png", "bird")]
-    assert (out / "overlays" / "a.1.png").is_file()
+    assert (out / "overlays" / "a.png.1.png").is_file()
 
 
 def _idx(path: Path, array: np.ndarray) -> None:

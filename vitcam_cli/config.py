@@ -11,7 +11,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from vitcam_cli.errors import VitcamError, literal
+from vitcam_cli.errors import ParameterError, VitcamError, literal
+from vitcam_cli.textfiles import read_whole
+
+CONFIG_LIMIT = 1 << 20  # bytes: a config file is a few lines
 
 
 def _option_keys(command: Any) -> dict[str, tuple[str, bool]]:
@@ -34,9 +37,11 @@ def load_config(path: Path, command: Any, command_name: str) -> dict[str, Any]:
     """Read ``path`` into a ``default_map`` for the click ``command``; unknown keys are an error."""
     where = f"--config {literal(path)}"
     try:
-        data = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except OSError as error:
-        raise VitcamError(f"{where}: cannot read it ({error.strerror})") from error
+        raw = read_whole(path, "config", CONFIG_LIMIT)
+    except ParameterError as error:
+        raise VitcamError(f"{where}: {error.problem}") from error
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as error:
         raise VitcamError(
             f"{where}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "

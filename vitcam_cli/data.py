@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, TextIO
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -22,7 +22,9 @@ from vitcam_cli.defaults import DEFAULT_OVERLAY_SIDE
 from vitcam_cli.errors import ParameterError, VitcamError, literal
 from vitcam_cli.interrupts import leave_sigterm_to_the_main_process
 from vitcam_cli.outputs.folder import is_output_folder
+from vitcam_cli.paths import absolute, resolved
 from vitcam_cli.preprocessing import Preprocessing, Size, resize_pixels
+from vitcam_cli.textfiles import lines_of, open_lines
 from vitcam_cli.turns import Turns
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -35,40 +37,26 @@ class EmptyFileError(ValueError):
 
 @dataclass(frozen=True)
 class ImageItem:
-    """One input image: ``path`` as the user gave it; ``rel`` its path below the inputs' common root;
-    ``key`` the name its outputs get (``rel`` without the extension, unless a sibling shares the stem)."""
+    """One input image: ``path`` as the user gave it; ``rel`` its path below the inputs' common folder
+    (what its outputs are named after, see ``outputs.names``); ``file`` the file itself, links followed
+    (however the inputs were spelled, one file is one image, and resuming knows it)."""
 
     path: Path
     rel: PurePosixPath
-    key: PurePosixPath
+    file: Path
     target: int | None = None  # the one class to explain, when the run names it per image
 
 
 def with_targets(items: Sequence[ImageItem], targets: dict[Path, list[int]]) -> list[ImageItem]:
-    """One item per (image, class) to explain, in input order; an image with several classes gets
-    outputs named ``<key>.<class>``. An image without classes in ``targets`` stays, its target None."""
+    """One item per (image, class) to explain, in input order. An image without classes in ``targets``
+    stays, its target None."""
     expanded = []
     for item in items:
         classes = targets.get(item.path, [])
-        for target in classes:
-            key = item.key if len(classes) == 1 else PurePosixPath(f"{item.key}.{target}")
-            expanded.append(replace(item, key=key, target=target))
+        expanded.extend(replace(item, target=target) for target in classes)
         if not classes:
             expanded.append(item)
     return expanded
-
-
-def absolute(path: Path) -> Path:
-    """``path`` made absolute without following symbolic links (``..`` removed by name)."""
-    return Path(os.path.abspath(path))
-
-
-def resolved(path: Path) -> Path:
-    """The file ``path`` names, links followed; a link that cannot be followed (a loop) as it is."""
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):
-        return absolute(path)
 
 
 def _scan(root: Path, skip: set[Path], skipped: list[Path]) -> Iterable[Path]:
@@ -95,16 +83,26 @@ def _scan(root: Path, skip: set[Path], skipped: list[Path]) -> Iterable[Path]:
                 yield Path(directory) / name
 
 
-def read_path_list(source: str, stdin: TextIO | None = None) -> list[Path]:
-    """Paths listed one per line in a file, or on standard input for ``-``; blank lines are skipped."""
-    if source == "-":
-        lines = (stdin or sys.stdin).read().splitlines()
+def read_path_list(source: str, stdin: IO[bytes] | None = None) -> list[Path]:
+    """Paths listed one per line in a file, or on standard input for ``-``; blank lines are skipped.
+
+    A line is a path byte for byte, UTF-8 or not (see ``_listed`` for spaces around it)."""
+    if source != "-":
+        lines = open_lines(Path(source), "files_from")
+    elif stdin is None and sys.stdin is None:
+        raise ParameterError("files_from", "standard input is closed: pipe the paths in, or name a file", "-")
     else:
-        try:
-            lines = Path(source).read_text().splitlines()
-        except OSError as error:
-            raise ParameterError("files_from", f"cannot read it ({error.strerror})", source) from error
-    return [Path(line.strip()) for line in lines if line.strip()]
+        lines = lines_of(stdin or sys.stdin.buffer, "files_from", "-")
+    return [_listed(line) for line in lines if line.strip()]
+
+
+def _listed(line: str) -> Path:
+    """A listed path as written (spaces are legal in names); stray spaces around it are dropped only
+    when no file has the name as written and one has it without them."""
+    exact, stripped = Path(line.rstrip("\r\n")), Path(line.strip())
+    if stripped != exact and not os.path.lexists(exact) and os.path.lexists(stripped):
+        return stripped
+    return exact
 
 
 def output_folders(out: Path) -> tuple[Path, ...]:
@@ -126,42 +124,43 @@ def discover(
     ``outputs.folder``; each one is added to ``skipped``); files named explicitly are taken wherever
     they are.
 
-    Output keys mirror each image's path relative to the common parent of the inputs, so that two
-    folders with the same file names never collide; an image whose stem is shared with a sibling
-    (``a.jpg`` and ``a.png``) keeps its extension in the key. Paths are taken as named, symbolic links
-    not followed: a linked image is keyed by its link, wherever it points, so its outputs stay inside
-    the output folder; a link that leads nowhere (dangling, a loop) becomes an error row when decoded.
+    Each image's ``rel`` is its path relative to the common parent of the inputs, so that two folders
+    with the same file names never collide (outputs are named after it, see ``outputs.names``). Paths
+    are taken as named, symbolic links not followed: a linked image is named by its link, wherever it
+    points, so its outputs stay inside the output folder; a link that leads nowhere (dangling, a loop)
+    becomes an error row when decoded. One file named twice (two spellings, a link and its target) is
+    one image, under the first name found.
     """
-    found: dict[Path, Path] = {}
+    found: dict[Path, tuple[Path, Path]] = {}  # the file itself -> (absolute name, name as given)
     roots: list[Path] = []
     outputs = {resolved(folder) for folder in skip}
     skipped = [] if skipped is None else skipped
+
+    def add(named: Path) -> None:
+        found.setdefault(resolved(named), (absolute(named), named))
+
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
             roots.append(absolute(path))
             for file in _scan(path, outputs, skipped):
-                found.setdefault(absolute(file), file)
+                add(file)
         elif path.is_file():
             roots.append(absolute(path).parent)
-            found.setdefault(absolute(path), path)
+            add(path)
         else:
-            raise VitcamError(f"input {raw}: no such file or folder")
+            raise VitcamError(f"input {literal(raw)}: no such file or folder")
     for path in listed:
         roots.append(absolute(path).parent)
-        found.setdefault(absolute(path), path)
+        add(path)
     if not found:
         return []
     base = Path(os.path.commonpath([str(root) for root in roots]))
-    relative = {named: PurePosixPath(named.relative_to(base).as_posix()) for named in found}
-    stems: dict[PurePosixPath, int] = {}
-    for rel in relative.values():
-        stems[rel.with_suffix("")] = stems.get(rel.with_suffix(""), 0) + 1
     items = [
-        ImageItem(found[named], rel, rel if stems[rel.with_suffix("")] > 1 else rel.with_suffix(""))
-        for named, rel in relative.items()
+        ImageItem(named, PurePosixPath(whole.relative_to(base).as_posix()), file)
+        for file, (whole, named) in found.items()
     ]
-    return sorted(items, key=lambda item: str(item.key))
+    return sorted(items, key=lambda item: item.rel.parts)
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
@@ -404,18 +403,17 @@ def make_loader(dataset: ImageFiles, batch_size: int, workers: int, pin_memory: 
 
 def _read_csv(path: Path, columns: tuple[str, ...], option: str) -> list[tuple[int, dict[str, str]]]:
     """(line number, row) of a CSV whose header has ``columns``; a clear error when it does not."""
+    reader = csv.DictReader(open_lines(path, option))
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = {name.strip() for name in reader.fieldnames or []}
-            if not set(columns) <= header:
-                raise ParameterError(option, f"the first line must be the header '{','.join(columns)}'", path)
-            return [
-                (line, {key.strip(): (value or "").strip() for key, value in row.items() if key})
-                for line, row in enumerate(reader, start=2)
-            ]
-    except OSError as error:
-        raise ParameterError(option, f"cannot read it ({error.strerror})", path) from error
+        header = {name.strip() for name in reader.fieldnames or []}
+        if not set(columns) <= header:
+            raise ParameterError(option, f"the first line must be the header '{','.join(columns)}'", path)
+        return [
+            (line, {key.strip(): (value or "").strip() for key, value in row.items() if key})
+            for line, row in enumerate(reader, start=2)
+        ]
+    except csv.Error as error:
+        raise ParameterError(option, f"not a CSV file ({literal(error)})", path) from error
 
 
 class ItemMatcher:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from vitcam_cli.errors import ParameterError, VitcamError
+from vitcam_cli.errors import ParameterError, VitcamError, literal
 
 T = TypeVar("T")
 
@@ -49,12 +49,26 @@ def parse_shard(value: str) -> Shard:
     return Shard(index, count)
 
 
+TORCHRUN_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
+
+
 def torchrun_rank() -> tuple[int, int, int] | None:
-    """(rank, world size, local rank) when started by torchrun with more than one process, else None."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """(rank, world size, local rank) when started by torchrun with more than one process, else None.
+
+    torchrun sets all three variables; ``WORLD_SIZE`` without the others (left over from another
+    launcher or a job script) is refused in one line rather than guessed at."""
+    values = {name: os.environ.get(name) for name in TORCHRUN_VARIABLES}
+    if values["WORLD_SIZE"] is None or values["WORLD_SIZE"].strip() == "1":
         return None
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+    try:
+        world, rank, local = (int(values[name] or "") for name in TORCHRUN_VARIABLES)
+    except ValueError:
+        given = ", ".join(f"{name}={value!r}" for name, value in values.items() if value is not None)
+        raise VitcamError(
+            f"{literal(given)} is set, but torchrun sets WORLD_SIZE, RANK and LOCAL_RANK (integers): start "
+            "the run with torchrun, or unset WORLD_SIZE to run one process"
+        ) from None
+    return None if world <= 1 else (rank, world, local)
 
 
 @contextmanager
@@ -80,8 +94,8 @@ def rank_device(device: torch.device, local_rank: int) -> torch.device:
 def input_record(items: Sequence[Any]) -> dict[str, Any]:
     """What a run was given, for checking that every shard saw the same: the count of inputs and a
     SHA-256 of their sorted relative paths."""
-    names = "\n".join(sorted(str(item.rel) for item in items))
-    return {"count": len(items), "sha256": hashlib.sha256(names.encode()).hexdigest()}
+    names = "\n".join(sorted(str(item.rel) for item in items)).encode("utf-8", "surrogateescape")
+    return {"count": len(items), "sha256": hashlib.sha256(names).hexdigest()}
 
 
 def _check_inputs(index: int, count: int, inputs: Any, first: Any) -> None:

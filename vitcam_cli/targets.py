@@ -21,6 +21,11 @@ class TargetRequest:
             return len(self.classes)
         return 1 if self.from_labels else self.top_k
 
+    @property
+    def named_by_class(self) -> bool:
+        """Whether outputs carry the class in their names: when an image may get several classes."""
+        return self.from_labels or self.per_image > 1
+
     def describe(self) -> dict[str, object]:
         if self.classes:
             return {"mode": "classes", "classes": list(self.classes)}

@@ -46,9 +46,10 @@ from vitcam_cli.metrics.adcc import ADCC_DEFINITION
 from vitcam_cli.metrics.aggregate import METRICS, Totals, bootstrap_intervals
 from vitcam_cli.metrics.measure import MetricSettings
 from vitcam_cli.models import LoadedModel, ModelSpec
-from vitcam_cli.outputs.atomic import atomic_text_stream, write_atomic, write_json_atomic
-from vitcam_cli.outputs.folder import Journal, start_writing
+from vitcam_cli.outputs.atomic import atomic_text_stream, write_atomic, write_json_atomic, writing
+from vitcam_cli.outputs.folder import Journal, refuse_outputs_over_inputs, start_writing
 from vitcam_cli.outputs.manifest import FAILURES_KEPT
+from vitcam_cli.outputs.names import output_link
 from vitcam_cli.outputs.overlay import OverlaySettings, encode_overlay, overlay_extension, render_overlay
 from vitcam_cli.outputs.report import (
     THUMBNAIL_SIDE,
@@ -64,6 +65,7 @@ from vitcam_cli.outputs.report import (
 )
 from vitcam_cli.outputs.results import ImageResult, MethodOutput
 from vitcam_cli.outputs.rows import EVALUATE_COLUMNS, Row
+from vitcam_cli.paths import resolved
 from vitcam_cli.runner import (
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -214,7 +216,7 @@ def first_values(output: MethodOutput) -> dict[str, float]:
 def overlay_link(image: ImageResult, name: str, overlay: OverlaySettings) -> str:
     """Where ``--save-overlays`` puts a method's overlay of an image, relative to the output folder."""
     extension = overlay_extension(overlay.format, image.item.path)
-    return f"overlays/{name.replace(':', '-')}/{image.item.key}.{extension}"
+    return output_link(f"overlays/{name.replace(':', '-')}", image.item.rel, extension, image.item.target)
 
 
 def _overlay(image: ImageResult, name: str, overlay: OverlaySettings) -> np.ndarray:
@@ -340,6 +342,7 @@ class Part:
     failures: list[tuple[str, str]] = field(default_factory=list)  # the first few failed images
 
 
+AGAIN = "free space or fix the folder, then run the evaluation again with {overwrite}"
 # run-defining fields every shard of one evaluation must share
 SHARED_HEADER = ("data", "target", "labels", "boxes", "limit", "seed", "model", "methods", "settings", "gate")
 
@@ -398,9 +401,14 @@ class Evaluate:
         suffix = shard.suffix if shard else ""
         progress = progress_bar(Console(stderr=True, quiet=quiet), "evaluating", quiet)
         task = progress.add_task("evaluate", total=len(items))
+        refuse_outputs_over_inputs(options.out, self._input_files(items))
         start_writing(options.out, shard, self.overwrite)
         journal = Journal(options.out, suffix)
-        with atomic_text_stream(options.out / f"per_image{suffix}.csv") as handle, progress:
+        with (
+            writing(options.out, AGAIN),
+            atomic_text_stream(options.out / f"per_image{suffix}.csv") as handle,
+            progress,
+        ):
             sinks = [totals, PerImageRows(handle, options, loaded, truth_of, journal), gallery]
             for item in items:
                 if item in unusable:  # no label, or no labelled box, for it
@@ -421,6 +429,12 @@ class Evaluate:
             inputs=inputs,
             failures=gallery.failures,
         )
+
+    def _input_files(self, items: list[ImageItem]) -> list[Path]:
+        """Every file the evaluation reads (links followed): no output may land on one of them."""
+        options = self.options
+        named = [options.labels, options.boxes, options.class_map, *options.model.files()]
+        return [item.file for item in items] + [resolved(path) for path in named if path is not None]
 
     def _work(
         self,
@@ -594,14 +608,15 @@ def finish(out: Path, parts: list[Part], as_json: bool, markdown: bool, quiet: b
         intervals = _intervals(out / "per_image.csv", names, draws, parts[0].header["seed"])
         for name, method_intervals in intervals.items():
             metrics["methods"][name]["intervals"] = method_intervals
-    write_json_atomic(out / "metrics.json", metrics)
     gallery = Gallery(limit=GALLERY_LIMIT)
     for part in parts:
         for card in part.cards:
             gallery.offer(card.panels[0].metrics.get("adcc", math.nan), lambda card=card: card)
     histograms = {name: totals.histograms for name, totals in method_totals(parts).items()}
     failures = [failure for part in parts for failure in part.failures]
-    _write_report(out, metrics, names, gallery, histograms, failures)
+    with writing(out, AGAIN):
+        _write_report(out, metrics, names, gallery, histograms, failures)
+        write_json_atomic(out / "metrics.json", metrics)  # last: a folder with it holds a whole evaluation
     Console(stderr=True, quiet=quiet).print(_table(metrics, names))
     if markdown:
         stdout.write(markdown_table(metrics, names) + "\n")

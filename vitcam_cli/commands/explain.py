@@ -7,13 +7,15 @@ class), ``summary.json`` and ``report.html``; a shard writes its own part files,
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 import torch
 from rich.console import Console
@@ -45,14 +47,16 @@ from vitcam_cli.metrics.adcc import ADCC_DEFINITION
 from vitcam_cli.metrics.aggregate import METRICS
 from vitcam_cli.metrics.measure import MetricSettings
 from vitcam_cli.models import LoadedModel, ModelSpec
-from vitcam_cli.outputs.atomic import remove_stale_temporaries, write_json_atomic
-from vitcam_cli.outputs.folder import Journal, start_writing
+from vitcam_cli.outputs.atomic import write_failed, write_json_atomic
+from vitcam_cli.outputs.folder import Journal, refuse_outputs_over_inputs, start_writing
 from vitcam_cli.outputs.manifest import Counts, Manifest
 from vitcam_cli.outputs.merge import merge_shards
 from vitcam_cli.outputs.overlay import OverlaySettings
 from vitcam_cli.outputs.report import THUMBNAIL_SIDE, Charts, Gallery, write_report
+from vitcam_cli.outputs.resume import earlier_summary, refuse_other_settings
 from vitcam_cli.outputs.rows import Row
 from vitcam_cli.outputs.writer import ExplainWriter, Outputs
+from vitcam_cli.paths import resolved
 from vitcam_cli.runner import (
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -64,9 +68,6 @@ from vitcam_cli.runner import (
 from vitcam_cli.runtime import check_precision, device_label, library_versions
 from vitcam_cli.targets import TargetRequest
 from vitcam_cli.turns import Turns
-
-# settings that change what is written: resuming into a folder written with others is refused
-RESUME_KEYS = ("model", "method", "targets", "colormap", "alpha", "overlays", "adcc")
 
 
 @dataclass
@@ -193,25 +194,6 @@ def write_explain_report(path: Path, summary: dict[str, Any], gallery: Gallery, 
     )  # fmt: skip
 
 
-def _refuse_other_settings(out: Path, settings: dict[str, Any], summary_name: str) -> None:
-    """Resuming: temporary files of killed runs go; a folder written with other settings is refused."""
-    remove_stale_temporaries(out)
-    previous = out / summary_name
-    if not previous.is_file():
-        return
-    try:
-        before = json.loads(previous.read_text()).get("settings", {})
-    except (OSError, json.JSONDecodeError):
-        before = {}
-    changed = [key for key in RESUME_KEYS if key in before and before[key] != settings.get(key)]
-    if changed:
-        raise ParameterError(
-            "skip_existing",
-            f"{out} was written with different {', '.join(changed)} settings; rerun with the same options "
-            "or use a new {out}",
-        )
-
-
 def merge_explanations(folders: list[Path], destination: Path, quiet: bool) -> int:
     """Combine an explain run's shards: results.jsonl/.csv, summary.json and report.html."""
     summary = merge_shards(folders, destination, write_explain_report)
@@ -223,7 +205,7 @@ class Explain:
     """The explain command on one process's images (see ``runner.run_command``)."""
 
     def __init__(
-        self, options: ExplainOptions, stdin: TextIO | None = None, stdout: TextIO | None = None
+        self, options: ExplainOptions, stdin: IO[bytes] | None = None, stdout: TextIO | None = None
     ) -> None:
         self.options = options
         self.stdin = stdin
@@ -252,8 +234,10 @@ class Explain:
         name, method, described = explain_method(options, loaded)
         recorded = self._settings(loaded, request, method, described)
         part = shard.suffix if shard else ""
+        earlier = earlier_summary(options.out, part) if options.skip_existing else {}
         if options.skip_existing:
-            _refuse_other_settings(options.out, recorded, f"summary{part}.json")
+            refuse_other_settings(options.out, recorded, earlier)
+        refuse_outputs_over_inputs(options.out, self._input_files(items))
         summary: dict[str, Any] = {
             "tool": "vitcam explain",
             "status": "running",
@@ -263,14 +247,18 @@ class Explain:
             "device": device_label(device),
             "precision": options.run.precision,
             "out": str(options.out),
+            "cwd": str(Path.cwd()),  # what the rows' relative paths are relative to
             "shard": f"{shard.index}/{shard.count}" if shard else None,
             "inputs": input_record(every),
             "output_folders_skipped": len(self.skipped),
         }
         start_writing(options.out, shard, self.overwrite)
         write_json_atomic(options.out / f"summary{part}.json", summary)
-        manifest = Manifest(options.out, options.skip_existing, options.save_maps, part, options.overlays)
-        todo = [item for item in items if not manifest.finished(str(item.path), item.target)]
+        origin = Path(earlier["cwd"]) if "cwd" in earlier else None  # earlier rows are relative to it
+        manifest = Manifest(
+            options.out, options.skip_existing, options.save_maps, part, options.overlays, origin
+        )
+        todo = [item for item in items if not manifest.finished(item)]
         run = BatchRun(
             items=[item for item in todo if item not in unlabelled],
             loaded=loaded,
@@ -283,26 +271,45 @@ class Explain:
             turns=Turns(enabled=device.type == "cpu"),
         )
         writer = ExplainWriter(
-            options.out, manifest, self._emit, self._outputs(), name, loaded.class_names, run.turns,
+            options.out, manifest, self._emit, self._outputs(request), name, loaded.class_names, run.turns,
             labelled=request.from_labels, journal=Journal(options.out, part),
         )  # fmt: skip
         try:
             status = self._stream(run, writer, manifest, todo, unlabelled, quiet)
+            with self._writing(manifest):
+                counts = self._finish(summary, status, manifest, writer, shard, started, items, todo, method)
         except VitcamError as error:  # the folder says why the run stopped (if it still can)
             summary.update(status="failed", error=str(error))
             with contextlib.suppress(OSError):
                 write_json_atomic(options.out / f"summary{part}.json", summary)
             raise
+        Console(stderr=True, quiet=quiet).print(summary_table(summary))
+        if self.interrupted is not None:
+            return self.interrupted
+        return EXIT_SOME_FAILED if counts.images_error else EXIT_OK
+
+    def _finish(
+        self,
+        summary: dict[str, Any],
+        status: str,
+        manifest: Manifest,
+        writer: ExplainWriter,
+        shard: Shard | None,
+        started: float,
+        items: list[ImageItem],
+        todo: list[ImageItem],
+        method: SaliencyMethod,
+    ) -> Counts:
+        """results.csv, report.html, then summary.json: it says ``complete`` only once all are written."""
         counts: Counts = manifest.finish(csv_too=shard is None)
         elapsed = time.perf_counter() - started
         summary.update(
-            status=status,
             finished=datetime.now(UTC).isoformat(timespec="seconds"),
             images={
                 "ok": counts.images_ok,
                 "error": counts.images_error,
-                "skipped": len({item.path for item in items}) - len({item.path for item in todo}),
-                "total": len({item.path for item in items}),
+                "skipped": len({item.file for item in items}) - len({item.file for item in todo}),
+                "total": len({item.file for item in items}),
             },
             rows=counts.rows,
             wall_seconds=round(elapsed, 3),
@@ -310,13 +317,19 @@ class Explain:
             adcc=counts.metrics or None,
             mask_batch_reductions=getattr(method, "reductions", []),
         )
-        write_json_atomic(options.out / f"summary{part}.json", summary)
         if shard is None:  # a shard's report comes with the merge
-            write_explain_report(options.out / "report.html", summary, writer.gallery, counts)
-        Console(stderr=True, quiet=quiet).print(summary_table(summary))
-        if self.interrupted is not None:
-            return self.interrupted
-        return EXIT_SOME_FAILED if counts.images_error else EXIT_OK
+            write_explain_report(self.options.out / "report.html", summary, writer.gallery, counts)
+        summary["status"] = status
+        write_json_atomic(self.options.out / f"summary{shard.suffix if shard else ''}.json", summary)
+        return counts
+
+    def _input_files(self, items: list[ImageItem]) -> list[Path]:
+        """Every file the run reads (links followed): no output may land on one of them."""
+        options = self.options
+        named = [options.labels, *options.model.files()]
+        if options.files_from not in (None, "-"):
+            named.append(Path(options.files_from))
+        return [item.file for item in items] + [resolved(path) for path in named if path is not None]
 
     def _items(self) -> list[ImageItem]:
         """The inputs (never the run's own outputs), all of them: a shard takes its share."""
@@ -338,7 +351,7 @@ class Explain:
             "model": loaded.info,
             "method": described,
             "engine": engine.name if (engine := getattr(method, "engine", None)) else None,
-            "targets": request.describe() | ({"labels": str(options.labels)} if options.labels else {}),
+            "targets": request.describe() | self._labels_file(),
             "colormap": options.overlay.colormap,
             "alpha": options.overlay.alpha,
             "overlays": overlays if options.overlays else None,
@@ -348,10 +361,17 @@ class Explain:
             "mask_batch": options.run.mask_batch or "auto",
         }
 
-    def _outputs(self) -> Outputs:
-        return Outputs(
-            overlays=self.options.overlays, maps=self.options.save_maps, overlay=self.options.overlay
-        )
+    def _labels_file(self) -> dict[str, str]:
+        """The labels file by name and by contents (resuming with other labels is refused)."""
+        labels = self.options.labels
+        if labels is None:
+            return {}
+        with labels.open("rb") as handle:
+            return {"labels": str(labels), "labels_sha256": hashlib.file_digest(handle, "sha256").hexdigest()}
+
+    def _outputs(self, request: TargetRequest) -> Outputs:
+        options = self.options
+        return Outputs(options.overlays, options.save_maps, options.overlay, request.named_by_class)
 
     def _targets(
         self, items: list[ImageItem], loaded: LoadedModel
@@ -402,12 +422,22 @@ class Explain:
             return "interrupted"
         except OSError as error:  # out of disk space, the folder removed or made read-only mid-run
             writer.abandon()
-            with contextlib.suppress(OSError):
-                manifest.close()
-            raise ParameterError(
-                "out",
-                f"writing failed ({error.strerror or error}); the images finished before are intact in "
-                f"{manifest.jsonl.name}: free space or fix the folder, then rerun with {{skip_existing}}",
-                self.options.out,
-            ) from error
+            raise self._write_failed(error, manifest) from error
         return "complete"
+
+    @contextlib.contextmanager
+    def _writing(self, manifest: Manifest) -> Iterator[None]:
+        """Writes after the images (the CSV, the report, the summary): a failure is the same one line."""
+        try:
+            yield
+        except OSError as error:
+            raise self._write_failed(error, manifest) from error
+
+    def _write_failed(self, error: OSError, manifest: Manifest) -> ParameterError:
+        with contextlib.suppress(OSError):
+            manifest.close()
+        advice = (
+            f"the images finished before are intact in {manifest.jsonl.name}: free space or fix the folder, "
+            "then rerun with {skip_existing}"
+        )
+        return write_failed(self.options.out, error, advice)

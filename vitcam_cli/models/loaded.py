@@ -7,6 +7,7 @@ ViT: patch embed -> blocks -> norm -> forward_head) with its token layout, prepr
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,7 @@ from torch import nn
 
 from vitcam_cli.engine.geometry import TokenLayout
 from vitcam_cli.errors import ParameterError, VitcamError, literal
+from vitcam_cli.textfiles import read_whole
 
 
 @dataclass
@@ -49,7 +51,9 @@ class LoadedModel:
             raise ParameterError(
                 "class_names", f"holds {len(names)} names but the model has {count} classes", source
             )
-        return replace(self, class_names=list(names), info=self.info | {"class_names": source})
+        digest = hashlib.sha256("\n".join(names).encode("utf-8", "surrogateescape")).hexdigest()
+        info = self.info | {"class_names": source, "class_names_sha256": digest}
+        return replace(self, class_names=list(names), info=info)
 
     def with_texts(
         self, texts: Sequence[str], prompts: Sequence[str] = (), source: str = "texts"
@@ -63,9 +67,7 @@ class LoadedModel:
 def read_class_names(path: Path) -> list[str]:
     """Class names from a file: one per line in class-index order (blank lines skipped), or a JSON list."""
     try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as error:
-        raise ParameterError("class_names", f"cannot read it ({error.strerror})", path) from error
+        text = read_whole(path, "class_names").decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise ParameterError("class_names", "not UTF-8 text; save it as UTF-8", path) from error
     if text.lstrip().startswith("["):
@@ -94,12 +96,27 @@ class ModelSpec:
     texts: tuple[str, ...] = ()  # zero-shot: the class texts themselves (else read from class_names)
 
     def load(self, device: torch.device | str = "cpu") -> LoadedModel:
+        """The model, with its class names and a SHA-256 of its weights (resuming compares it)."""
         from vitcam_cli.models import adapter_for  # the adapters import this module
 
         loaded = adapter_for(self.name).load(self, device)
-        if self.class_names is None:
-            return loaded
-        return loaded.named(read_class_names(self.class_names), str(self.class_names))
+        if self.class_names is not None:
+            loaded = loaded.named(read_class_names(self.class_names), str(self.class_names))
+        return replace(loaded, info=loaded.info | {"weights_sha256": weights_digest(loaded.model)})
+
+    def files(self) -> list[Path]:
+        """The files named beside the model's name (its own folder aside)."""
+        return [path for path in (self.checkpoint, self.class_names) if path is not None]
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer of ``model`` (names, types, shapes and values), whichever
+    library and file they came from: one model, one digest."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def resolve_class(value: str, class_names: list[str], class_ids: list[str] = ()) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import logging
+import string
 from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
@@ -74,10 +75,10 @@ def check_prompts(prompts: Sequence[str]) -> tuple[str, ...]:
     """Prompt templates, each with one ``{}`` where the class text goes."""
     for template in prompts:
         try:
-            filled = template.format("x")
-        except (IndexError, KeyError, ValueError):
-            filled = None
-        if "{}" not in template or filled is None:
+            fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        except ValueError:  # a lone { or }
+            fields = []
+        if fields != [""]:  # '{{}}' is a literal pair of braces, not a place for the text
             raise ParameterError(
                 "prompts", "must hold one {{}} where the class text goes, e.g. 'a photo of a {{}}.'", template
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from vitcam_cli.errors import ParameterError
+from vitcam_cli.errors import ParameterError, literal
 
 
 def _file_mode() -> int:
@@ -24,13 +25,19 @@ def _file_mode() -> int:
 
 FILE_MODE = _file_mode()  # read once at import, before any writer thread starts
 HOST = socket.gethostname()
-# ".<name>.vitcam-<host>-<pid>-<random>.tmp": whose temporary file it is, so that a rerun removes only
-# the leftovers of processes that are gone, never a file another shard is writing right now
+# ".vitcam-<host>-<pid>-<random>.tmp", <host> 8 hex digits of the host name's SHA-256: whose temporary
+# file it is, so that a rerun removes only the leftovers of processes that are gone, never a file another
+# shard is writing right now; short whatever the file's or the host's name (any name up to 255 bytes
+# can be written). Earlier versions put both names in full, and their leftovers are recognised too.
 _TEMPORARY = re.compile(r"\.vitcam-(?P<host>.+)-(?P<pid>\d+)-[^.]*\.tmp$")
 
 
-def _temporary_prefix(path: Path) -> str:
-    return f".{path.name}.vitcam-{HOST}-{os.getpid()}-"
+def _host_id(host: str) -> str:
+    return hashlib.sha256(host.encode()).hexdigest()[:8]
+
+
+def _temporary_prefix() -> str:
+    return f".vitcam-{_host_id(HOST)}-{os.getpid()}-"
 
 
 def _alive(pid: int) -> bool:
@@ -52,7 +59,7 @@ def remove_stale_temporaries(folder: Path) -> None:
     """
     for path in folder.rglob(".*.tmp"):
         owner = _TEMPORARY.search(path.name)
-        if owner and owner["host"] == HOST and not _alive(int(owner["pid"])):
+        if owner and owner["host"] in (_host_id(HOST), HOST) and not _alive(int(owner["pid"])):
             path.unlink(missing_ok=True)
 
 
@@ -60,7 +67,7 @@ def remove_stale_temporaries(folder: Path) -> None:
 def _replacing(path: Path) -> Iterator[int]:
     """A descriptor of a new temporary file beside ``path`` that replaces ``path`` when the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(), suffix=".tmp")
     try:
         yield fd
         os.chmod(temporary, FILE_MODE)
@@ -87,6 +94,20 @@ def atomic_text_stream(path: Path) -> Iterator[IO[str]]:
     """A text file written line by line that appears at ``path`` only when complete."""
     with _replacing(path) as fd, os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
         yield handle
+
+
+def write_failed(out: Path, error: OSError, advice: str) -> ParameterError:
+    """The one line for a write into ``out`` that failed (a full disk, the folder removed or read-only)."""
+    return ParameterError("out", f"writing failed ({literal(error.strerror or error)}); {advice}", out)
+
+
+@contextlib.contextmanager
+def writing(out: Path, advice: str) -> Iterator[None]:
+    """Writes into ``out``: a failure is ``write_failed``'s one line, ending with ``advice``."""
+    try:
+        yield
+    except OSError as error:
+        raise write_failed(out, error, advice) from error
 
 
 def ensure_writable(out: Path) -> None:

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 from collections.abc import Iterable, Iterator
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitcam_cli.errors import ParameterError
+from vitcam_cli.errors import ParameterError, literal
 from vitcam_cli.outputs.atomic import remove_stale_temporaries, write_atomic
+from vitcam_cli.paths import resolved
 
 if TYPE_CHECKING:
     from vitcam_cli.distributed import Shard
@@ -37,6 +40,7 @@ RUN_FILES = ("results.jsonl", "results.csv", "summary.json", "report.html", "met
 # the part files of a shard, named with its suffix
 PART_FILES = ("results{part}.jsonl", "summary{part}.json", "metrics{part}.json", "per_image{part}.csv")
 PART_GLOBS = tuple(name.format(part=".shard-*-of-*") for name in PART_FILES)
+WRITTEN_FOLDERS = ("overlays", "maps")  # every image file a run writes lies below one of these
 
 
 def is_output_folder(folder: Path) -> bool:
@@ -63,8 +67,9 @@ class Journal:
 
     def add(self, link: str) -> None:
         with self.lock:
-            if self.handle is None:
-                self.handle = self.path.open("a", encoding="utf-8")
+            if self.handle is None:  # appended in place: never through a link planted in its name
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+                self.handle = os.fdopen(fd, "a", encoding="utf-8")
             self.handle.write(json.dumps(link) + "\n")
             self.handle.flush()
 
@@ -166,6 +171,50 @@ def refuse_reuse(out: Path, shard: Shard | None, resume: bool, overwrite: bool, 
     )
 
 
+def _run_file(root: Path, file: Path) -> bool:
+    """Whether ``file`` (links followed) is one a run writes directly in its (resolved) folder ``root``."""
+    if file.parent != root:
+        return False
+    name = file.name
+    return name in RUN_FILES or name.startswith(".vitcam") or any(fnmatch(name, glob) for glob in PART_GLOBS)
+
+
+def _linked_folder(out: Path) -> Path | None:
+    """A folder below ``overlays/`` or ``maps/`` that is a symbolic link (vitcam never makes one), if any."""
+    for name in WRITTEN_FOLDERS:
+        for folder, subfolders, _ in os.walk(out / name):
+            for sub in subfolders:
+                if (Path(folder) / sub).is_symlink():
+                    return Path(folder) / sub
+    return None
+
+
+def refuse_outputs_over_inputs(out: Path, inputs: Iterable[Path]) -> None:
+    """Refuse, before anything is written, an ``out`` where an output could land on one of ``inputs``
+    (the run's images and the files named beside them, links followed): an input below ``out``'s
+    ``overlays/`` or ``maps/``, an input named like one of the run's own files, or a linked folder in
+    ``overlays/`` or ``maps/`` that could lead anywhere."""
+    root = resolved(out)
+    written = [resolved(out / name) for name in WRITTEN_FOLDERS]
+    for file in inputs:
+        inside = next((folder for folder in written if file.is_relative_to(folder)), None)
+        if inside is not None or _run_file(root, file):
+            where = f"in {literal(inside)}, where" if inside is not None else "named like a file"
+            raise ParameterError(
+                "out",
+                f"the input {literal(file)} lies {where} this run writes its outputs: choose an {{out}} "
+                "that does not hold the inputs (or move them out of it)",
+                out,
+            )
+    linked = _linked_folder(out)
+    if linked is not None:
+        raise ParameterError(
+            "out",
+            f"{literal(linked)} is a link: outputs written through it could land anywhere; remove it",
+            out,
+        )
+
+
 def start_writing(out: Path, shard: Shard | None, overwrite: bool) -> None:
     """Called by a run just before its first write into ``out`` (so that a run refused for a bad option
     or model replaces nothing): with ``overwrite`` the earlier run's files go; then the marker."""
@@ -177,11 +226,12 @@ def start_writing(out: Path, shard: Shard | None, overwrite: bool) -> None:
 def clear(out: Path, shard: Shard | None) -> None:
     """Remove every file vitcam wrote into ``out`` (a shard: its own, and the merged run's), and the
     folders that leaves empty; files vitcam did not write stay (see ``refuse_reuse`` for when a shard
-    may)."""
+    may). A recorded overlay or map is removed only where vitcam writes them, below ``overlays/`` or
+    ``maps/``: a journal edited by hand (or damaged) never removes anything else."""
     part = shard.suffix if shard else ".shard-*-of-*"
     journals = sorted(out.glob(f"{JOURNAL}{part}")) + ([out / JOURNAL] if shard is None else [])
     links = {link for journal in journals for link in _recorded(journal)}
-    files = [out / link for link in sorted(links) if _inside(out, out / link)]
+    files = [out / link for link in sorted(links) if _ours(out, link)]
     files += [out / name for name in RUN_FILES] + journals
     files += [path for name in PART_FILES for path in out.glob(name.format(part=part))]
     remove_stale_temporaries(out)
@@ -190,13 +240,12 @@ def clear(out: Path, shard: Shard | None) -> None:
         (out / MARKER).unlink(missing_ok=True)
 
 
-def _inside(out: Path, path: Path) -> bool:
-    """A recorded link never leads out of the folder (a hand-edited journal removes nothing outside)."""
-    try:
-        path.resolve().relative_to(out.resolve())
-    except (OSError, ValueError):
+def _ours(out: Path, link: str) -> bool:
+    """A recorded link is removed only below ``overlays/`` or ``maps/`` and never leads out of them."""
+    parts = Path(link).parts
+    if len(parts) < 2 or parts[0] not in WRITTEN_FOLDERS or ".." in parts:
         return False
-    return ".." not in Path(path.relative_to(out)).parts
+    return resolved((out / link).parent).is_relative_to(resolved(out / parts[0]))
 
 
 def _remove(out: Path, files: Iterable[Path]) -> None:

@@ -8,12 +8,16 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vitcam_cli.metrics.adcc import PARTS
 from vitcam_cli.metrics.aggregate import Totals
 from vitcam_cli.outputs.atomic import write_atomic
 from vitcam_cli.outputs.rows import EXPLAIN_COLUMNS, Row, csv_cell
+from vitcam_cli.paths import absolute, resolved
+
+if TYPE_CHECKING:
+    from vitcam_cli.data import ImageItem
 
 
 def read_rows(path: Path) -> Iterator[Row]:
@@ -54,14 +58,22 @@ class Manifest:
     """
 
     def __init__(
-        self, out: Path, resume: bool, needs_map: bool, part: str = "", needs_overlay: bool = True
+        self,
+        out: Path,
+        resume: bool,
+        needs_map: bool,
+        part: str = "",
+        needs_overlay: bool = True,
+        origin: Path | None = None,
     ) -> None:
-        """``part`` names a shard's own files (``results.shard-0-of-4.jsonl``); empty for a whole run."""
+        """``part`` names a shard's own files (``results.shard-0-of-4.jsonl``); empty for a whole run.
+        ``origin``: the working folder the earlier rows' relative paths were written from (None: this
+        one)."""
         self.out = out
         self.jsonl = out / f"results{part}.jsonl"
         self.csv = out / "results.csv"
-        self.done_classes: set[tuple[str, int | None]] = set()
-        self.done: set[str] = self._recover(needs_overlay, needs_map) if resume else set()
+        self.done_classes: set[tuple[Path, int | None]] = set()
+        self.done: set[Path] = self._recover(needs_overlay, needs_map, origin) if resume else set()
         if not resume:
             write_atomic(self.jsonl, lambda handle: None)
         self.handle = self.jsonl.open("a", encoding="utf-8")
@@ -73,21 +85,29 @@ class Manifest:
             for row in rows
         )
 
-    def _recover(self, needs_overlay: bool, needs_map: bool) -> set[str]:
-        """Keep the rows of images whose outputs are all on disk; everything else is redone."""
-        by_path: dict[str, list[Row]] = {}
+    def _recover(self, needs_overlay: bool, needs_map: bool, origin: Path | None) -> set[Path]:
+        """Keep the rows of images whose outputs are all on disk; everything else is redone. Images are
+        known by their files (links followed), however their paths were spelled; rows written from
+        another working folder get absolute paths, so that every kept row still names its file."""
+        by_file: dict[Path, list[Row]] = {}
+        moved = origin is not None and absolute(origin) != absolute(Path.cwd())
         for row in read_rows(self.jsonl):
-            by_path.setdefault(row.path, []).append(row)
+            named = absolute((origin or Path.cwd()) / row.path)
+            if moved and not Path(row.path).is_absolute():
+                row.path = str(named)
+            by_file.setdefault(resolved(named), []).append(row)
         needs = ("overlay",) * needs_overlay + ("map",) * needs_map
-        done = {path for path, rows in by_path.items() if self._complete(rows, needs)}
-        self.done_classes = {(row.path, row.class_index) for path in done for row in by_path[path]}
-        kept = jsonl(row for path in by_path if path in done for row in by_path[path])
+        done = {file for file, rows in by_file.items() if self._complete(rows, needs)}
+        self.done_classes = {(file, row.class_index) for file in done for row in by_file[file]}
+        kept = jsonl(row for file, rows in by_file.items() if file in done for row in rows)
         write_atomic(self.jsonl, lambda handle: handle.write(kept.encode()))
         return done
 
-    def finished(self, path: str, target: int | None = None) -> bool:
+    def finished(self, item: ImageItem) -> bool:
         """Whether resuming keeps an image (or, for a run that names a class per item, that class of it)."""
-        return path in self.done if target is None else (path, target) in self.done_classes
+        if item.target is None:
+            return item.file in self.done
+        return (item.file, item.target) in self.done_classes
 
     def write(self, rows: list[Row]) -> None:
         self.handle.write(jsonl(rows))

@@ -20,7 +20,7 @@ from PIL import Image
 from vitcam_cli.distributed import collect_shards
 from vitcam_cli.errors import VitcamError
 from vitcam_cli.metrics.adcc import PARTS
-from vitcam_cli.outputs.atomic import write_atomic, write_json_atomic
+from vitcam_cli.outputs.atomic import write_atomic, write_json_atomic, writing
 from vitcam_cli.outputs.folder import mark
 from vitcam_cli.outputs.manifest import Counts, jsonl, read_rows, write_results_csv
 from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail
@@ -71,6 +71,18 @@ def merge_shards(
             )
         rows += found
     rows.sort(key=lambda row: row.path)  # stable: an image's classes keep their order
+    with writing(destination, "free space or fix the folder, then merge again"):
+        return _write_merged(shards, rows, destination, write_report)
+
+
+def _write_merged(
+    shards: list[tuple[Path, dict[str, Any]]],
+    rows: list[Row],
+    destination: Path,
+    write_report: Callable[[Path, dict[str, Any], Gallery, Counts], None],
+) -> dict[str, Any]:
+    """The merged run's files: results.jsonl/.csv, report.html and, last, summary.json."""
+    count = len(shards)
     destination.mkdir(parents=True, exist_ok=True)
     mark(destination)  # a merged run is an output folder too: never searched for images
     text = jsonl(rows)
@@ -100,11 +112,11 @@ def merge_shards(
             for i, (folder, s) in enumerate(shards)
         ],
     }
-    write_json_atomic(destination / "summary.json", summary)
     method = summary["settings"]["method"]
     labelled = "labels" in summary["settings"].get("targets", {})
     gallery = _gallery(rows, destination, method.get("label", method.get("variant")), labelled)
     write_report(destination / "report.html", summary, gallery, counts)
+    write_json_atomic(destination / "summary.json", summary)  # last: it says the merged run is whole
     return summary
 
 

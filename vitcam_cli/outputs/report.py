@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from vitcam_cli.outputs.atomic import write_atomic
 from vitcam_cli.outputs.overlay import colormap_table
+from vitcam_cli.paths import fs_text
 
 # panel metrics in display order; names not listed here follow alphabetically
 METRIC_ORDER = (
@@ -200,7 +201,8 @@ def write_report(
         failed=len(failures) if failed is None else failed,
         colorbar=_colorbar(colormap) if colormap and panels else None,
     )
-    write_atomic(path, lambda handle: handle.write(page.encode("utf-8")))
+    # a file name that is not UTF-8 is shown with U+FFFD for its odd bytes (its links are UTF-8 already)
+    write_atomic(path, lambda handle: handle.write(fs_text(page).encode("utf-8")))
 
 
 def _ordered_metrics(names: set[str]) -> list[str]:

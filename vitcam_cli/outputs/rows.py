@@ -7,20 +7,23 @@ report read rows back through ``Row.from_record``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from vitcam_cli.metrics.adcc import PARTS
+from vitcam_cli.paths import fs_text
 
 # every per-image metric, in table order (the dataset's adcc_mean is the mean of the rows' adcc)
 ROW_METRICS = (*PARTS, "insertion", "deletion", "pointing_game", "energy_in_box", "discrimination")
 EXPLAIN_COLUMNS = (
     "path", "status", "error", "method", "class_index", "class_name", "probability", "rank", "overlay", "map",
-    "width", "height", *PARTS,
+    "width", "height", *PARTS, "path_bytes",
 )  # fmt: skip
 EVALUATE_COLUMNS = (
     "path", "status", "error", "method", "label", "predicted", "correct", "class_index", "class_name",
-    "probability", *ROW_METRICS, "overlay",
+    "probability", *ROW_METRICS, "overlay", "path_bytes",
 )  # fmt: skip
 
 
@@ -40,6 +43,21 @@ def _from_cell(value: object) -> object:
     if isinstance(value, str) and value.startswith("'") and value[1:].startswith(_FORMULA_STARTS):
         return value[1:]
     return value
+
+
+def path_cells(path: str) -> tuple[str, str | None]:
+    """A path as rows write it: UTF-8 text (bytes that are not UTF-8 shown as U+FFFD), and, only for a
+    path that is not UTF-8, its exact bytes percent-encoded (``urllib.parse.unquote_to_bytes`` undoes it)."""
+    raw = os.fsencode(path)
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace"), quote_from_bytes(raw, safe="/")
+
+
+def _text(value: object) -> object:
+    """Text that can be written as UTF-8 (a file name inside an error message may not be)."""
+    return fs_text(value) if isinstance(value, str) else value
 
 
 def _rounded(value: float | None) -> float | None:
@@ -80,15 +98,17 @@ class Row:
 
     def record(self) -> dict[str, Any]:
         """results.jsonl's object: every explain column, metrics rounded to 6 decimals, None when absent."""
-        values = {name: getattr(self, name) for name in EXPLAIN_COLUMNS if name not in PARTS}
+        values = {name: _text(getattr(self, name, None)) for name in EXPLAIN_COLUMNS if name not in PARTS}
+        values["path"], exact = path_cells(self.path)
         values["probability"] = _rounded(self.probability)
-        return values | {name: _rounded(self.metrics.get(name)) for name in PARTS}
+        return values | {name: _rounded(self.metrics.get(name)) for name in PARTS} | {"path_bytes": exact}
 
     def evaluate_cells(self) -> dict[str, str]:
         """per_image.csv's cells: empty for missing values, floats with 6 decimals."""
-        values = {name: getattr(self, name, None) for name in EVALUATE_COLUMNS} | {
+        values = {name: _text(getattr(self, name, None)) for name in EVALUATE_COLUMNS} | {
             name: self.metrics.get(name) for name in ROW_METRICS
         }
+        values["path"], values["path_bytes"] = path_cells(self.path)
         return {
             name: f"{value:.6f}" if isinstance(value, float) else str(csv_cell(value))
             for name, value in values.items()
@@ -100,6 +120,8 @@ class Row:
         names = cls.__dataclass_fields__
         known = {name: _from_cell(value) for name, value in record.items() if name in names}
         fields = {name: None if value == "" else value for name, value in known.items() if name != "metrics"}
+        if record.get("path_bytes"):  # a path that is not UTF-8, byte for byte
+            fields["path"] = os.fsdecode(unquote_to_bytes(record["path_bytes"]))
         metrics = {name: float(record[name]) for name in ROW_METRICS if record.get(name) not in (None, "")}
         row = cls(**fields, metrics=metrics)
         for name in ("class_index", "rank", "width", "height"):

@@ -23,6 +23,7 @@ from vitcam_cli.metrics.adcc import PARTS
 from vitcam_cli.outputs.atomic import write_atomic
 from vitcam_cli.outputs.folder import Journal
 from vitcam_cli.outputs.manifest import Manifest
+from vitcam_cli.outputs.names import output_link
 from vitcam_cli.outputs.overlay import OverlaySettings, encode_overlay, overlay_extension, render_overlay
 from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail
 from vitcam_cli.outputs.results import ImageResult, MethodOutput
@@ -36,28 +37,24 @@ GALLERY_LIMIT = 100  # the report keeps this many worst and best rows
 
 @dataclass(frozen=True)
 class Outputs:
-    """Which files each explained class gets, and how they look."""
+    """Which files each explained class gets, how they look, and whether their names carry the class
+    (a run that may explain several classes of an image names every output by its class)."""
 
     overlays: bool
     maps: bool
     overlay: OverlaySettings
-
-
-def output_name(item: ImageItem, class_index: int, several: bool, suffix: str) -> str:
-    """``<key><suffix>``, or ``<key>.<class><suffix>`` when each image gets several classes."""
-    return f"{item.key}.{class_index}{suffix}" if several else f"{item.key}{suffix}"
+    per_class: bool = False
 
 
 def explained_rows(
     image: ImageResult, output: MethodOutput, class_names: list[str], outputs: Outputs, method: str
 ) -> list[Row]:
     """One row per explained class of ``image``."""
-    several = len(output.classes) > 1
     extension = overlay_extension(outputs.overlay.format, image.item.path)
     rows = []
     for t, class_index in enumerate(output.classes):
-        overlay = "overlays/" + output_name(image.item, class_index, several, f".{extension}")
-        saved = "maps/" + output_name(image.item, class_index, several, ".npy")
+        named = class_index if outputs.per_class else None
+        overlay = output_link("overlays", image.item.rel, extension, named)
         rows.append(
             Row(
                 path=str(image.item.path),
@@ -67,7 +64,7 @@ def explained_rows(
                 probability=output.probabilities[t],
                 rank=output.ranks[t],
                 overlay=overlay if outputs.overlays else None,
-                map=saved if outputs.maps else None,
+                map=output_link("maps", image.item.rel, "npy", named) if outputs.maps else None,
                 width=image.size[0],
                 height=image.size[1],
                 metrics={name: values[t] for name, values in output.values.items()},

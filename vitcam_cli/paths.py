@@ -1,0 +1,25 @@
+"""Paths as the user named them, the files they lead to, and paths shown as text."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def absolute(path: Path) -> Path:
+    """``path`` made absolute without following symbolic links (``..`` removed by name)."""
+    return Path(os.path.abspath(path))
+
+
+def resolved(path: Path) -> Path:
+    """The file ``path`` names, links followed; a link that cannot be followed (a loop) as it is."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return absolute(path)
+
+
+def fs_text(path: object) -> str:
+    """A path for messages, rows and pages: its undecodable bytes shown as U+FFFD, never an encoding
+    error."""
+    return os.fsencode(str(path)).decode("utf-8", "replace")
