@@ -320,6 +320,8 @@ def test_bench_on_open_clip(tmp_path):
 BAD_INPUT = [
     (("--prompt", "a photo of a cat"), "--prompt a photo of a cat: must hold one {} where the class text"),
     (("--prompt", "a {} of {}"), "--prompt a {} of {}: must hold one {}"),
+    (("--prompt", "a photo of {{}}"), "--prompt a photo of {{}}: must hold one {}"),  # literal braces
+    (("--prompt", "a photo of {0}"), "--prompt a photo of {0}: must hold one {}"),
     (("--model", "open_clip:ViT-B-33"), "--model open_clip:ViT-B-33: not an open_clip architecture (did you"),
     (("--class-names", None), "--class-names is required for an open_clip model"),
     (("--pretrained",), "--pretrained-tag is needed for vitcam-tiny-clip's weights; or pass --checkpoint"),
