@@ -60,7 +60,7 @@ def test_rollout(family):
     images = torch.randn(2, *input_size(model), generator=torch.Generator().manual_seed(1))
     result = AttentionRollout(model, layout)(images, top2)
     logits, attentions, _ = manual_forward(model, images)
-    torch.testing.assert_close(result.logits, logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(result.outputs, logits, rtol=1e-4, atol=1e-5)
     tokens, prefix = layout.num_tokens, layout.num_prefix
     rollout = torch.eye(tokens).repeat(2, 1, 1)
     for a in attentions:

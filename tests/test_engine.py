@@ -260,7 +260,7 @@ def test_refinements_equal_naive_reference(engine, family, settings):
 
 
 def test_contrast_score_definition():
-    from vitcam_cli.engine.scoring import class_scores
+    from vitcam_cli.targets import class_scores
 
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
     scores = class_scores(logits, torch.tensor([[0, 2], [2, 1]]), "contrast")

@@ -190,8 +190,8 @@ def test_measure_re_explains_the_masked_image_for_the_same_class():
     masked = images[1:2] * s
     cls = int(explanation.classes[1, 1])
     again = explainer(masked, lambda logits: torch.tensor([[cls]]))
-    p = float(torch.softmax(explanation.logits[1], -1)[cls])
-    p_masked = float(torch.softmax(again.logits[0], -1)[cls])
+    p = float(torch.softmax(explanation.outputs[1], -1)[cls])
+    p_masked = float(torch.softmax(again.outputs[0], -1)[cls])
     expected = plain_adcc(p, p_masked, s.numpy(), scale_to_input(again.maps[0, 0], size).numpy())
     for name, value in expected.items():
         assert float(values[name][3]) == pytest.approx(value, rel=1e-4, abs=1e-6), name

@@ -199,7 +199,7 @@ def test_every_method_runs_on_the_image_tower():
     for method in ("gradcam", "rollout", "relevance", "reciprocam:discriminative"):
         result = Explainer(model, method, texts=TEXTS, device="cpu")(x, top_k=2)
         assert result.maps.shape == (2, 2, 4, 4) and torch.isfinite(result.maps).all(), method
-        torch.testing.assert_close(result.raw.logits, explainer_logits(model, x))
+        torch.testing.assert_close(result.raw.outputs, explainer_logits(model, x))
         # Grad-CAM's ReLU may leave nothing of a random CLIP tower; the others always vary
         assert method == "gradcam" or result.maps.flatten(2).std(-1).min() > 0, method
 

@@ -192,7 +192,7 @@ def test_gradcam_equals_a_hand_computation():
     features = block.norm1(x).detach().requires_grad_()
     y = x + block._attn(features)
     logits = model.forward_head(model.norm(y + block.mlp(block.norm2(y))))
-    torch.testing.assert_close(logits.detach(), result.logits)
+    torch.testing.assert_close(logits.detach(), result.outputs)
     for t in range(2):
         chosen = logits.gather(1, result.classes[:, t : t + 1]).sum()
         (grad,) = torch.autograd.grad(chosen, features, retain_graph=True)

@@ -180,7 +180,7 @@ class Explainer:
             raw = self.method(inputs, choose)
         self._check_finite(raw)
         classes_cpu = raw.classes.cpu()
-        probabilities = torch.softmax(raw.logits.float(), -1).gather(1, raw.classes).cpu()
+        probabilities = self.method.reading.values(raw.outputs).gather(1, raw.classes).cpu()
         names = [[self.class_names[int(c)] for c in row] for row in classes_cpu]
         return Explanations(
             raw.maps.float().cpu(), classes_cpu, names, probabilities, self.method_name, inputs, sources, raw
@@ -237,7 +237,7 @@ class Explainer:
 
     def _check_finite(self, raw: Explanation) -> None:
         """Refuse NaN or inf predictions or maps (fp16 overflow, broken weights) rather than return them."""
-        bad = ~(torch.isfinite(raw.logits).all(-1) & torch.isfinite(raw.maps.flatten(1)).all(-1))
+        bad = ~(torch.isfinite(raw.outputs).all(-1) & torch.isfinite(raw.maps.flatten(1)).all(-1))
         if bad.any():
             which = ", ".join(str(i) for i in bad.nonzero().flatten().tolist()[:5])
             cause = "fp16 overflow: try bf16 or fp32" if self.precision == "fp16" else "broken weights?"

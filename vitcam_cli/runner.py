@@ -96,11 +96,11 @@ class MethodClock:
         return explanation
 
 
-def non_finite(logits: Tensor, maps: Tensor, precision: str) -> str | None:
+def non_finite(outputs: Tensor, maps: Tensor, precision: str) -> str | None:
     """Why an image's results cannot be written (never a map of NaNs), or None when they are finite."""
     cause = "fp16 overflow: try {precision} bf16 or fp32" if precision == "fp16" else "a broken checkpoint?"
-    if not torch.isfinite(logits).all():
-        return f"non-finite prediction (NaN or inf logits; {cause})"
+    if not torch.isfinite(outputs).all():
+        return f"non-finite prediction (NaN or inf outputs; {cause})"
     if not torch.isfinite(maps).all():
         return f"non-finite saliency scores (NaN or inf; {cause})"
     return None
@@ -113,7 +113,7 @@ class BatchRun:
     items: list[ImageItem]
     loaded: LoadedModel
     methods: dict[str, SaliencyMethod]
-    targets: Callable[[list[ImageItem]], ClassChooser]  # the classes to explain for a batch's images
+    targets: Callable[[list[ImageItem]], ClassChooser]  # the targets to explain for a batch's images
     settings: RunSettings
     device: torch.device
     metrics: MetricSettings = field(default_factory=MetricSettings)
@@ -121,6 +121,8 @@ class BatchRun:
     boxes: dict[Path, list[GroundTruthBox]] | None = None  # ground truth for the localisation metrics
     clock: MethodClock = field(default_factory=MethodClock)
     turns: Turns = field(default_factory=lambda: Turns(enabled=False))  # shared with the sinks' threads
+    # which of the chosen (values, targets) are real (a threshold pads the images with fewer); None: all
+    keep: Callable[[Tensor, Tensor], Tensor] | None = None
 
     def stream(self, sinks: Sequence[Sink], advance: Callable[[int], None]) -> None:
         """Hand every image to every sink, in input order; ``advance`` counts finished images."""
@@ -194,24 +196,25 @@ class BatchRun:
             values = measure(method, self.loaded.model, images, explanation, self.metrics, inside)
         batch = images.shape[0]
         per_image = {metric: value.view(batch, -1).cpu() for metric, value in values.items()}
-        logits = explanation.logits.float().cpu()
+        outputs = explanation.outputs.float().cpu()
+        read = method.reading.values(explanation.outputs).float().cpu()
         classes = explanation.classes.cpu()
         maps = explanation.maps.float().cpu()
-        probabilities = torch.softmax(logits, -1).gather(1, classes)
-        class_ranks = ranks(logits, classes)
-        outputs = [
+        kept = self.keep(read, classes) if self.keep else torch.ones_like(classes, dtype=torch.bool)
+        target_ranks = ranks(read, classes)
+        results = [
             MethodOutput(
-                maps=maps[i],
-                classes=classes[i].tolist(),
-                probabilities=probabilities[i].tolist(),
-                ranks=class_ranks[i].tolist(),
-                predicted=int(logits[i].argmax()),
-                values={metric: value[i].tolist() for metric, value in per_image.items()},
+                maps=maps[i][kept[i]],
+                classes=classes[i][kept[i]].tolist(),
+                readings=read[i].gather(0, classes[i])[kept[i]].tolist(),
+                ranks=target_ranks[i][kept[i]].tolist(),
+                predicted=int(read[i].argmax()),
+                values={metric: value[i][kept[i]].tolist() for metric, value in per_image.items()},
             )
             for i in range(batch)
         ]
-        problems = [non_finite(logits[i], maps[i], self.settings.precision) for i in range(batch)]
-        return outputs, problems
+        problems = [non_finite(outputs[i], maps[i], self.settings.precision) for i in range(batch)]
+        return results, problems
 
 
 def input_boxes(

@@ -257,7 +257,7 @@ class PerImageRows:
                 predicted=self.class_names[output.predicted],
                 class_index=class_index,
                 class_name=self.class_names[class_index],
-                probability=output.probabilities[0],
+                probability=output.readings[0],
                 overlay=self._save(image, name) if self.options.save_overlays else None,
                 metrics=first_values(output),
             )
@@ -306,7 +306,7 @@ class EvaluationGallery:
                     thumbnail=thumbnail(self._with_boxes(image, _overlay(image, name, self.options.overlay))),
                     link=link,
                     class_name=self.class_names[output.classes[0]],
-                    probability=output.probabilities[0],
+                    probability=output.readings[0],
                     metrics=first_values(output),
                 )
             )

@@ -12,22 +12,22 @@ from torch import Tensor, nn
 from vitcam_cli.defaults import SKIPS, SUBTRACTS
 from vitcam_cli.engine.geometry import TokenLayout, Trace
 from vitcam_cli.engine.masks import empty_window
-from vitcam_cli.engine.scoring import auto_mask_batch, class_scores
+from vitcam_cli.engine.scoring import auto_mask_batch
 from vitcam_cli.errors import VitcamError
+from vitcam_cli.targets import Target
 
 
 @dataclass(frozen=True)
 class CopySettings:
-    """How masked copies are made and scored: the engine's side of a method's settings."""
+    """How masked copies are made: the engine's side of a method's settings (the score is the target's)."""
 
     kernel: str
     skip: str
-    score: str
     subtract: str = "none"  # "empty": minus the score of the copy with every patch token masked, rectified
 
 
 class MaskedEngine(ABC):
-    """Runs the h*w masked copies of each image through the rest of the network and reads class scores.
+    """Runs the h*w masked copies of each image through the rest of the network and scores them.
 
     Copies of several images share chunks of ``mask_batch`` sequences (automatic when None), so peak
     memory depends on the chunk, never on the batch or folder size. Subclasses say how one chunk of
@@ -50,7 +50,7 @@ class MaskedEngine(ABC):
         self.layout = layout
         self.block_index = block_index
         self.copies = copies
-        self.kernel, self.skip, self.score = copies.kernel, copies.skip, copies.score
+        self.kernel, self.skip = copies.kernel, copies.skip
         self.mask_batch = mask_batch
         self.device = next(model.parameters()).device
         self.reductions: list[dict[str, int]] = []  # chunk sizes given up after out-of-memory errors
@@ -66,7 +66,8 @@ class MaskedEngine(ABC):
 
     @abstractmethod
     def chunk_logits(self, traced: Trace, state: Any, image: Tensor, position: Tensor) -> Tensor:
-        """Logits (n, C) of the copies of images ``image`` (n,) masked at grid ``position`` (n,)."""
+        """Outputs (n, ...) of the copies of images ``image`` (n,) masked at grid ``position`` (n,): class
+        logits, or embeddings."""
 
     def _smaller_chunk(self, step: int) -> int:
         """After an out-of-memory error: halve the chunk for this and every later batch, once per size."""
@@ -90,13 +91,13 @@ class MaskedEngine(ABC):
             self.sequence_length, self.layout.dim, self.layout.heads, self.device, itemsize
         )
 
-    def __call__(self, traced: Trace, classes: Tensor) -> Tensor:
-        """Saliency ``(B, T, rows, cols)`` for ``classes`` (B, T), in float32."""
+    def __call__(self, traced: Trace, target: Target) -> Tensor:
+        """Saliency ``(B, T, rows, cols)`` for the batch's ``target`` (T per image), in float32."""
         x = traced.block_input
         batch, num_masks = x.shape[0], self.layout.num_patches
         state = self.prepare(traced)
         total = batch * num_masks
-        scores = torch.empty(total, classes.shape[1], dtype=torch.float32, device=x.device)
+        scores = torch.empty(total, target.count, dtype=torch.float32, device=x.device)
         step, begin = self.chunk_size(x.dtype), 0
         while begin < total:
             flat = torch.arange(begin, min(total, begin + step), device=x.device)
@@ -106,16 +107,16 @@ class MaskedEngine(ABC):
             except torch.OutOfMemoryError:
                 step = self._smaller_chunk(step)
                 continue
-            scores[begin : begin + flat.numel()] = class_scores(logits, classes[image], self.score)
+            scores[begin : begin + flat.numel()] = target(logits, image)
             begin += flat.numel()
         rows, cols = self.layout.grid
         maps = scores.view(batch, num_masks, -1).permute(0, 2, 1).reshape(batch, -1, rows, cols)
         if self.copies.subtract == "empty":
-            maps = (maps - self._empty_scores(traced, state, classes)[..., None, None]).clamp_min(0.0)
+            maps = (maps - self._empty_scores(traced, state, target)[..., None, None]).clamp_min(0.0)
         return maps
 
-    def _empty_scores(self, traced: Trace, state: Any, classes: Tensor) -> Tensor:
+    def _empty_scores(self, traced: Trace, state: Any, target: Target) -> Tensor:
         """(B, T) scores of the copy of each image with every patch token masked out."""
-        image = torch.arange(classes.shape[0], device=classes.device)
+        image = torch.arange(target.indices.shape[0], device=target.indices.device)
         position = torch.full_like(image, empty_window(self.layout.grid))
-        return class_scores(self.chunk_logits(traced, state, image, position), classes, self.score)
+        return target(self.chunk_logits(traced, state, image, position), image)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from vitcam_cli.engine.geometry import TokenLayout
 from vitcam_cli.engine.stages import StageLayout
 from vitcam_cli.errors import UnsupportedModelError
+from vitcam_cli.targets import Reading
 
 
 class AttentionMethod:
@@ -27,9 +28,10 @@ class AttentionMethod:
 
     name: str
 
-    def __init__(self, model: nn.Module, layout: TokenLayout) -> None:
+    def __init__(self, model: nn.Module, layout: TokenLayout, reading: Reading | None = None) -> None:
         self.model = model
         self.layout = layout
+        self.reading = reading or Reading()
         if isinstance(layout, StageLayout):
             raise UnsupportedModelError(
                 f"{self.name} needs an attention matrix over the whole image, and "

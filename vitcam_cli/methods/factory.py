@@ -88,6 +88,8 @@ def create_method(
 ) -> SaliencyMethod:
     name = canonical_name(spec)
     if name in BASELINES:
-        return BASELINES[name](loaded.model, loaded.layout)
+        return BASELINES[name](loaded.model, loaded.layout, loaded.reading)
     _, settings = _settings(name)
-    return ReciproCAM(loaded.model, loaded.layout, settings, loaded.input_size, mask_batch, engine)
+    return ReciproCAM(
+        loaded.model, loaded.layout, settings, loaded.input_size, mask_batch, engine, loaded.reading
+    )

@@ -29,6 +29,7 @@ from vitcam_cli.engine.factory import create_engine
 from vitcam_cli.engine.geometry import TokenLayout, Trace, check_decomposition, trace
 from vitcam_cli.errors import ParameterError
 from vitcam_cli.methods.base import ClassChooser, Explanation
+from vitcam_cli.targets import Reading, Target
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class ReciproCAMSettings:
 
     @property
     def copies(self) -> CopySettings:
-        return CopySettings(self.kernel, self.skip, self.score, self.subtract)
+        return CopySettings(self.kernel, self.skip, self.subtract)
 
     def with_overrides(self, **overrides: object) -> ReciproCAMSettings:
         """Apply the options the user set explicitly on top of a preset."""
@@ -113,10 +114,13 @@ class ReciproCAM:
         input_size: tuple[int, ...],
         mask_batch: int | None = None,
         engine: str = "auto",
+        reading: Reading | None = None,
     ) -> None:
+        """``reading``: how the model's outputs are read (class logits through a softmax by default)."""
         self.model = model
         self.layout = layout
         self.settings = settings
+        self.reading = reading or Reading()
         self.block_index = layout.block_index(settings.target_block)
         if settings.fuse > self.block_index + 1:
             raise ParameterError(
@@ -156,12 +160,11 @@ class ReciproCAM:
 
     @torch.inference_mode()
     def __call__(self, images: Tensor, choose_classes: ClassChooser) -> Explanation:
-        """``choose_classes`` maps the (B, C) float32 logits to the (B, T) classes to explain."""
+        """``choose_classes`` maps the (B, K) values of the reading to the (B, T) targets to explain."""
         start = 0 if self.settings.prefix == "reset" else self.first_block
         traced = trace(self.model, images, start, self.layout)
-        logits = traced.logits.float()
-        classes = choose_classes(logits)
-        maps = [
-            engine(self._prefixed(traced, engine.block_index - start), classes) for engine in self.engines
-        ]
-        return Explanation(logits=logits, classes=classes, maps=torch.stack(maps).mean(0))
+        outputs = traced.logits.float()
+        classes = choose_classes(self.reading.values(outputs))
+        target = Target(classes, self.reading, self.settings.score)
+        maps = [engine(self._prefixed(traced, engine.block_index - start), target) for engine in self.engines]
+        return Explanation(outputs=outputs, classes=classes, maps=torch.stack(maps).mean(0))

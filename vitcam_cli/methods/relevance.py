@@ -24,11 +24,11 @@ class AttentionRelevance(AttentionMethod):
             with recorded_probabilities(self.modules) as records:
                 logits = self.model(images)
             attention = [record["p"] for record in records]
-            classes = choose_classes(logits.detach().float())
+            classes = choose_classes(self.reading.values(logits.detach()))
             tokens = self.layout.num_tokens
             maps = []
             for t in range(classes.shape[1]):
-                score = logits.gather(1, classes[:, t : t + 1]).sum()
+                score = self.reading.scores(logits, classes[:, t : t + 1], "logit").sum()
                 grads = torch.autograd.grad(score, attention, retain_graph=t + 1 < classes.shape[1])
                 relevance = torch.eye(tokens, device=images.device).expand(images.shape[0], -1, -1)
                 for probs, grad in zip(attention, grads, strict=True):
@@ -36,4 +36,4 @@ class AttentionRelevance(AttentionMethod):
                     relevance = relevance + weighted @ relevance
                 maps.append(readout_rows(relevance, self.layout.num_prefix, self.token_pool))
         stacked = torch.stack(maps, 1).view(images.shape[0], classes.shape[1], *self.layout.grid)
-        return Explanation(logits=logits.detach().float(), classes=classes, maps=stacked)
+        return Explanation(outputs=logits.detach().float(), classes=classes, maps=stacked)

@@ -27,7 +27,7 @@ class AttentionRollout(AttentionMethod):
     def __call__(self, images: Tensor, choose_classes: ClassChooser) -> Explanation:
         with recorded_queries_and_keys(self.modules) as records:
             logits = self.model(images).float()
-        classes = choose_classes(logits)
+        classes = choose_classes(self.reading.values(logits))
         tokens = self.layout.num_tokens
         identity = torch.eye(tokens, device=images.device)
         rollout = identity.expand(images.shape[0], -1, -1)
@@ -36,4 +36,4 @@ class AttentionRollout(AttentionMethod):
             rollout = mixed @ rollout
         saliency = readout_rows(rollout, self.layout.num_prefix, self.token_pool)
         maps = saliency.view(-1, 1, *self.layout.grid).expand(-1, classes.shape[1], -1, -1)
-        return Explanation(logits=logits, classes=classes, maps=maps.contiguous())
+        return Explanation(outputs=logits, classes=classes, maps=maps.contiguous())

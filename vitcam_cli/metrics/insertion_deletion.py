@@ -47,8 +47,8 @@ def curves(
 ) -> tuple[Tensor, Tensor]:
     """Insertion and deletion curves (B, steps + 1) of the class probability.
 
-    ``probability_of(images, classes)`` returns the softmax probability of ``classes`` (n,) for
-    ``images`` (n, C, H, W). ``saliency`` is (B, H, W), ``classes`` (B,).
+    ``probability_of(images, classes)`` returns the probability of ``classes`` (n,) for ``images``
+    (n, C, H, W), as ``Reading.probability`` reads it. ``saliency`` is (B, H, W), ``classes`` (B,).
     """
     batch, pixels = images.shape[0], saliency[0].numel()
     ranks = reveal_order(saliency)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from vitcam_cli.methods.base import Explanation, SaliencyMethod
@@ -17,6 +16,7 @@ from vitcam_cli.metrics import authors
 from vitcam_cli.metrics.adcc import adcc_parts, masked_inputs, scale_to_input
 from vitcam_cli.metrics.insertion_deletion import area_under, curves
 from vitcam_cli.metrics.localization import BoxMasks, discrimination, energy_in_box, pointing_game
+from vitcam_cli.targets import Reading
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,6 @@ class MetricSettings:
     baseline: str = "blur"
     forward_batch: int = 64  # images per forward pass for the insertion/deletion curves
     protocol: str = "poppi"  # or "authors": the ViT-ReciproCAM authors' ADCC and DAUC/IAUC
-
-
-def _class_probability(logits: Tensor, classes: Tensor) -> Tensor:
-    return torch.softmax(logits.float(), dim=-1).gather(1, classes.view(-1, 1)).squeeze(1)
 
 
 def measure(
@@ -49,7 +45,7 @@ def measure(
     """
     size = (images.shape[-2], images.shape[-1])
     saliency = scale_to_input(explanation.maps, size).flatten(0, 1)  # (B*T, H, W)
-    probability = torch.softmax(explanation.logits.float(), -1).gather(1, explanation.classes).flatten()
+    probability = method.reading.probability(explanation.outputs, explanation.classes).flatten()
     repeated = images.repeat_interleave(explanation.classes.shape[1], dim=0)
     measured = _authors if settings.protocol == "authors" else _poppi
     values = measured(_Batch(method, model, repeated, explanation, settings, saliency, probability))
@@ -62,9 +58,9 @@ def measure(
     return {name: value.float() for name, value in values.items()}
 
 
-def _probability_of(model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+def _probability_of(model: nn.Module, reading: Reading) -> Callable[[Tensor, Tensor], Tensor]:
     def probability_of(batch_images: Tensor, batch_classes: Tensor) -> Tensor:
-        return _class_probability(model(batch_images), batch_classes)
+        return reading.probability(model(batch_images), batch_classes.view(-1, 1)).squeeze(1)
 
     return probability_of
 
@@ -92,7 +88,11 @@ class _Batch:
 
     def again(self, masked: Tensor) -> Explanation:
         """The method on the masked images, for the same classes."""
-        return self.method(masked, lambda _logits: self.classes.view(-1, 1))
+        return self.method(masked, lambda _values: self.classes.view(-1, 1))
+
+    def target_probability(self, explanation: Explanation) -> Tensor:
+        """(n,) the probability of each image's one target (``Reading.probability``)."""
+        return self.method.reading.probability(explanation.outputs, self.classes.view(-1, 1)).squeeze(1)
 
 
 def _poppi(batch: _Batch) -> dict[str, Tensor]:
@@ -102,11 +102,11 @@ def _poppi(batch: _Batch) -> dict[str, Tensor]:
     if settings.adcc:
         again = batch.again(masked_inputs(batch.images, saliency))
         masked_saliency = scale_to_input(again.maps[:, 0], batch.size)
-        masked_probability = _class_probability(again.logits, classes)
+        masked_probability = batch.target_probability(again)
         values |= adcc_parts(batch.probability, masked_probability, saliency, masked_saliency)
     if settings.insertion_deletion:
         insertion, deletion = curves(
-            _probability_of(batch.model), batch.images, saliency, classes,
+            _probability_of(batch.model, batch.method.reading), batch.images, saliency, classes,
             settings.steps, settings.baseline, settings.forward_batch,
         )  # fmt: skip
         values |= {"insertion": area_under(insertion), "deletion": area_under(deletion)}
@@ -120,11 +120,11 @@ def _authors(batch: _Batch) -> dict[str, Tensor]:
     values: dict[str, Tensor] = {}
     if settings.adcc:
         again = batch.again(masked_inputs(batch.images, authors.bicubic_masks(grid, batch.size)))
-        masked_probability = _class_probability(again.logits, classes)
+        masked_probability = batch.target_probability(again)
         values |= authors.adcc_parts(batch.probability, masked_probability, grid, again.maps[:, 0])
     if settings.insertion_deletion:
         insertion, deletion = authors.curves(
-            _probability_of(batch.model),
+            _probability_of(batch.model, batch.method.reading),
             batch.images,
             grid,
             classes,

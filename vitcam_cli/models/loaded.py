@@ -19,6 +19,7 @@ from torch import nn
 
 from vitcam_cli.engine.geometry import TokenLayout
 from vitcam_cli.errors import ParameterError, VitcamError, literal
+from vitcam_cli.targets import Reading
 from vitcam_cli.textfiles import read_whole
 
 
@@ -36,6 +37,9 @@ class LoadedModel:
     class_texts: Callable[[Sequence[str], Sequence[str], str], LoadedModel] | None = field(
         default=None, repr=False
     )
+    # the model's outputs are this embedding (its library's own, e.g. timm's pooled features), not logits
+    embedding: str | None = None
+    reading: Reading = field(default_factory=Reading)  # how the outputs are read (see ``targets``)
 
     @property
     def input_size(self) -> tuple[int, ...]:
@@ -54,6 +58,27 @@ class LoadedModel:
         digest = hashlib.sha256("\n".join(names).encode("utf-8", "surrogateescape")).hexdigest()
         info = self.info | {"class_names": source, "class_names_sha256": digest}
         return replace(self, class_names=list(names), info=info)
+
+    def with_reading(self, kind: str) -> LoadedModel:
+        """The classifier read another way: ``sigmoid`` for a multi-label head."""
+        if self.embedding is not None:
+            raise ParameterError("score", f"{kind} reads class logits; this model's outputs are an embedding")
+        return replace(self, reading=Reading(kind), info=self.info | {"reading": kind})
+
+    def with_targets(self, table: torch.Tensor, names: Sequence[str], source: dict[str, Any]) -> LoadedModel:
+        """An embedding model whose targets are the rows of ``table`` (K, D), compared by cosine and
+        named ``names`` (reference paths, or the names of embeddings computed elsewhere)."""
+        if self.embedding is None:
+            raise VitcamError(
+                "similarity targets need the model's embedding, and this model has a classifier head: load "
+                "it without ({num_classes} 0 on a timm model)"
+            )
+        unit = torch.nn.functional.normalize(table.float(), dim=-1)
+        digest = weights_digest_of(unit)
+        info = self.info | {"targets": source | {"count": len(names), "embeddings_sha256": digest}}
+        return replace(
+            self, class_names=list(names), class_ids=[], reading=Reading("cosine", unit), info=info
+        )
 
     def with_texts(
         self, texts: Sequence[str], prompts: Sequence[str] = (), source: str = "texts"
@@ -100,7 +125,7 @@ class ModelSpec:
         from vitcam_cli.models import adapter_for  # the adapters import this module
 
         loaded = adapter_for(self.name).load(self, device)
-        if self.class_names is not None:
+        if self.class_names is not None and loaded.embedding is None:  # an embedding's targets take them
             loaded = loaded.named(read_class_names(self.class_names), str(self.class_names))
         return replace(loaded, info=loaded.info | {"weights_sha256": weights_digest(loaded.model)})
 
@@ -112,10 +137,18 @@ class ModelSpec:
 def weights_digest(model: nn.Module) -> str:
     """SHA-256 of every parameter and buffer of ``model`` (names, types, shapes and values), whichever
     library and file they came from: one model, one digest."""
+    return weights_digest_of(*(item for pair in sorted(model.state_dict().items()) for item in pair))
+
+
+def weights_digest_of(*items: str | torch.Tensor) -> str:
+    """SHA-256 of names and tensors (each tensor's type, shape and bytes)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    for item in items:
+        if isinstance(item, str):
+            digest.update(f"{item}:".encode())
+            continue
+        digest.update(f"{item.dtype}:{tuple(item.shape)};".encode())
+        digest.update(item.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 

@@ -14,14 +14,15 @@ from vitcam_cli.preprocessing import Size, View
 
 @dataclass
 class MethodOutput:
-    """One method's results for one image: a map, a class and scores per explained class."""
+    """One method's results for one image: a map, a target and scores per explained target (none when a
+    threshold kept none)."""
 
     maps: Tensor  # (T, rows, cols) float32, on the CPU
-    classes: list[int]
-    probabilities: list[float]
-    ranks: list[int]
-    predicted: int
-    values: dict[str, list[float]]  # metric -> one value per explained class
+    classes: list[int]  # class indices, or rows of the reading's table (similarity targets)
+    readings: list[float]  # each target as the reading reads it: class probability, or cosine
+    ranks: list[int]  # 1 = the image's highest target
+    predicted: int  # the image's highest target
+    values: dict[str, list[float]]  # metric -> one value per explained target
 
 
 @dataclass

@@ -61,7 +61,7 @@ def explained_rows(
                 method=method,
                 class_index=class_index,
                 class_name=class_names[class_index],
-                probability=output.probabilities[t],
+                probability=output.readings[t],
                 rank=output.ranks[t],
                 overlay=overlay if outputs.overlays else None,
                 map=output_link("maps", image.item.rel, "npy", named) if outputs.maps else None,
