@@ -280,7 +280,7 @@ def test_debug_shows_the_traceback(small_folder, tmp_path):
             ("-m", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--device", "cuda:7"),
             "--device",
         ),
-        (("-m", "not_a_model_at_all"), "not a timm model name"),
+        (("-m", "not_a_model_at_all"), "not a bundled or timm model name"),
         ((), "--model is required"),
     ],
 )
@@ -405,3 +405,53 @@ def test_adcc_per_row_in_summary_and_report(tiny_model, small_folder, tmp_path):
     assert explain(tiny_model, str(small_folder), "-o", str(quick), "--no-adcc")[0] == 0
     assert all(row["adcc"] is None for row in rows_of(quick))
     assert json.loads((quick / "summary.json").read_text())["adcc"] is None
+
+
+MODEL_FORMS = (
+    "fashion-vit",
+    "fashion-swin",
+    "hf-hub:ORG/NAME",
+    "local-dir:PATH",
+    "hf:ORG/NAME",
+    "open_clip:ARCH",
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "suggested"),
+    [
+        ("fashon-vit", "fashion-vit"),
+        ("Fashion-Swin", "fashion-swin"),
+        ("vit_tiny_patch16_22.augreg_in21k", "vit_tiny_patch16_224.augreg_in21k"),
+    ],
+)
+def test_a_misspelt_model_name_gets_a_suggestion_and_every_model_form(
+    small_folder, tmp_path, name, suggested
+):
+    code, _, stderr = run("explain", small_folder, "--model", name, "--workers", "0", "-o", tmp_path / "o")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith(f"error: --model {name}: ") and f"(did you mean {suggested}" in stderr
+    assert all(form in stderr for form in MODEL_FORMS), stderr
+
+
+def test_a_misspelt_pretrained_tag_gets_a_suggestion(small_folder, tmp_path):
+    name = "vit_tiny_patch16_224.augreg_in21"
+    code, _, stderr = run("explain", small_folder, "--model", name, "--workers", "0", "-o", tmp_path / "o")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith(
+        f"error: --model {name}: not a pretrained tag of vit_tiny_patch16_224 (did you mean "
+        "vit_tiny_patch16_224.augreg_in21k"
+    ), stderr
+
+
+def test_help_and_the_missing_model_name_every_model_form(small_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, stdout, _ = run("explain", "--help")
+    lines = stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if "--model" in line)
+    last = next(i for i, line in enumerate(lines) if "--checkpoint" in line)
+    model_help = " ".join(line.strip("│ ") for line in lines[first:last])
+    assert code == 0 and all(form in model_help for form in MODEL_FORMS), model_help
+    code, _, stderr = run("explain", small_folder, "-o", tmp_path / "o")
+    assert code == 2 and stderr.startswith("error: --model is required: ")
+    assert all(form in stderr for form in MODEL_FORMS), stderr

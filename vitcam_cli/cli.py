@@ -122,8 +122,7 @@ ModelOption = Annotated[
     str | None,
     typer.Option(
         "--model", "-m", rich_help_panel=MODEL,
-        help="timm model name, hf-hub:ORG/NAME, local-dir:PATH, a folder with config.json, or "
-        "open_clip:ARCH (zero-shot CLIP: the classes are the --class-names texts).",
+        help=f"The model: {D.MODEL_FORMS}. With open_clip:ARCH the classes are the --class-names texts.",
     ),
 ]  # fmt: skip
 CheckpointOption = Annotated[
@@ -444,7 +443,7 @@ def model_spec(
     from vitcam_cli.models import ModelSpec
 
     if model is None:
-        raise ParameterError("model", "is required: a timm name, hf-hub:ORG/NAME, local-dir:PATH or a folder")
+        raise ParameterError("model", f"is required: {D.MODEL_FORMS}")
     size = _parse_img_size(img_size)
     zero_shot = {"pretrained_tag": pretrained_tag, "prompts": tuple(prompts or ())}
     return ModelSpec(model, checkpoint, pretrained, num_classes, size, class_names, **zero_shot)
