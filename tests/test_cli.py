@@ -455,3 +455,48 @@ def test_help_and_the_missing_model_name_every_model_form(small_folder, tmp_path
     code, _, stderr = run("explain", small_folder, "-o", tmp_path / "o")
     assert code == 2 and stderr.startswith("error: --model is required: ")
     assert all(form in stderr for form in MODEL_FORMS), stderr
+
+
+def test_an_unknown_class_lists_the_classes_and_suggests_close_names(tiny_model, small_folder, tmp_path):
+    code, _, stderr = explain(tiny_model, str(small_folder), "-o", str(tmp_path / "o"), "--class", "DOGG")
+    assert code == 2
+    assert stderr == (
+        "error: class 'DOGG' is not one of the model's 5 classes (did you mean 'dog'?); they are 'cat', "
+        "'dog', 'bird', 'fish', 'horse', or pass an index from 0 to 4\n"
+    )
+
+
+def test_an_unknown_class_of_many_lists_the_first_ones(small_folder, tmp_path):
+    imagenet = ("-m", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--workers", "0")
+    code, _, stderr = run("explain", small_folder, *imagenet, "-o", tmp_path / "o", "--class", "Tabby Kat")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith(
+        "error: class 'Tabby Kat' is not one of the model's 1000 classes (did you mean 'tabby, tabby cat'"
+    )
+    assert "they are 'tench, Tinca tinca', 'goldfish, Carassius auratus', " in stderr
+    assert stderr.endswith(
+        "'hen', 'ostrich, Struthio camelus' ... and 990 more, or pass an index from 0 to 999\n"
+    ), stderr
+
+
+def test_an_unknown_class_in_a_labels_file_names_its_line(tiny_model, small_folder, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\na.png,dog\nb.jpg,Hors\n")
+    code, _, stderr = explain(tiny_model, str(small_folder), "-o", str(tmp_path / "o"), "--labels", labels)
+    assert code == 2
+    assert stderr.startswith(
+        f"error: --labels {labels}: line 3: class 'Hors' is not one of the model's 5 classes (did you mean "
+        "'horse'?); they are 'cat', "
+    ), stderr
+
+
+def test_a_class_name_for_a_model_without_names_says_how_to_name_them(small_folder, tmp_path):
+    nameless = ("-m", "vit_tiny_patch16_224", "--no-pretrained", "--num-classes", "5", "--img-size", "32")
+    code, _, stderr = run(
+        "explain", small_folder, *nameless, "--workers", "0", "-o", tmp_path / "o", "--class", "tapir"
+    )
+    assert code == 2
+    assert stderr == (
+        "error: class 'tapir' is not a class name: the model has none; pass an index from 0 to 4, or name "
+        "its classes with --class-names\n"
+    )
