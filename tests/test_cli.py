@@ -500,3 +500,50 @@ def test_a_class_name_for_a_model_without_names_says_how_to_name_them(small_fold
         "error: class 'tapir' is not a class name: the model has none; pass an index from 0 to 4, or name "
         "its classes with --class-names\n"
     )
+
+
+HELP_PAGES = [(), ("explain",), ("evaluate",), ("merge",), ("bench",)]
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+@pytest.mark.parametrize("page", HELP_PAGES)
+def test_help_pages_show_every_option_whole_at_80_and_120_columns(monkeypatch, page, columns):
+    from typer.main import get_command
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    code, stdout, _ = run(*page, "--help")
+    assert code == 0
+    assert all(len(line) <= columns for line in stdout.splitlines())
+    assert "…" not in stdout and "<bool>" not in stdout, stdout
+    command = get_command(app)
+    command = command.commands[page[0]] if page else command
+    shown = set(stdout.replace("│", " ").split())
+    for param in command.params:
+        for name in (*param.opts, *param.secondary_opts):
+            assert not name.startswith("-") or name in shown, (name, stdout)
+
+
+def test_top_level_help_lists_each_command_by_its_summary(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, stdout, _ = run("--help")
+    assert code == 0 and "Exit codes" not in stdout
+    summaries = {
+        line.split()[1]: line for line in stdout.splitlines() if line.startswith("│ ") and "  " in line
+    }
+    assert "report.html" in summaries["explain"] and "report.html" in summaries["merge"], stdout
+
+
+def test_method_help_names_every_preset(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    for command, flag in (("explain", "--method"), ("evaluate", "--methods")):
+        _, stdout, _ = run(command, "--help")
+        lines = stdout.splitlines()
+        first = next(i for i, line in enumerate(lines) if line.lstrip("│ ").startswith(flag + " "))
+        block = " ".join(line.strip("│ ") for line in lines[first : first + 6])
+        assert "official, otx, openvino-xai or discriminative" in block, block
+
+
+def test_command_descriptions_flow_whatever_the_source_line_breaks(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    _, stdout, _ = run("evaluate", "--help")
+    assert "Exit codes: 0 ok, 1 some inputs failed or the --fail-under gate failed, 2 usage" in stdout, stdout
