@@ -547,3 +547,18 @@ def test_command_descriptions_flow_whatever_the_source_line_breaks(monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     _, stdout, _ = run("evaluate", "--help")
     assert "Exit codes: 0 ok, 1 some inputs failed or the --fail-under gate failed, 2 usage" in stdout, stdout
+
+
+def test_the_summary_says_what_each_adcc_is_and_fits_an_80_column_log(tiny_model, small_folder, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # what a log gets: rich draws for 80 columns off a terminal
+    out = small_folder.parent / ("a-long-output-folder-name-" * 3)
+    code, _, stderr = run(
+        "explain", small_folder, "-m", f"local-dir:{tiny_model}", "-o", out, "--workers", "0"
+    )
+    assert code == 0, stderr
+    table = stderr[stderr.index("vitcam explain") :].splitlines()
+    assert max(len(line) for line in table) <= 80, stderr
+    rows = {line.strip("│ ").split("│")[0].strip(): line for line in table if line.count("│") == 3}
+    for label in ("ADCC of the mean parts", "mean of per-image ADCC", "mean coherency / complexity"):
+        assert label in rows, stderr
+    assert "ADCC (of means / mean)" not in stderr

@@ -245,3 +245,22 @@ def test_bootstrap_matches_a_plain_resampling():
     assert intervals["adcc"] == pytest.approx(
         (np.percentile(combined, 2.5), np.percentile(combined, 97.5)), rel=1e-5
     )
+
+
+def test_a_log_gets_each_progress_line_once_and_the_header_whole(tiny_model, labelled, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # what a log gets: rich draws for 80 columns off a terminal
+    monkeypatch.setattr("vitcam_cli.runner.PROGRESS_EVERY_S", 0.0)  # a line after every batch
+    code, _, stderr = run(
+        "evaluate", labelled / "images", "--model", f"local-dir:{tiny_model}", "-o", tmp_path / "out",
+        "--workers", "0", "--steps", "2", "--batch-size", "4",
+    )  # fmt: skip
+    assert code == 0, stderr
+    lines = stderr.splitlines()
+    progress = [line.split(" images,")[0] for line in lines if line.startswith("evaluating: ")]
+    assert progress == ["evaluating: 4/10", "evaluating: 8/10", "evaluating: 10/10"], stderr
+    assert "vitcam evaluate: 10 images, target predicted, poppi protocol" in lines, stderr
+    legend = " ".join(lines[lines.index(next(line for line in lines if line.startswith("└"))) + 1 :])
+    assert "adcc: ADCC of the mean parts" in legend and "adcc_mean: the mean of per-image ADCC" in legend, (
+        stderr
+    )
+    assert max(len(line) for line in lines if not line.startswith("evaluating: ")) <= 80, stderr
