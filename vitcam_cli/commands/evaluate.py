@@ -311,7 +311,8 @@ class EvaluationGallery:
         truth = self.truth_of.get(image.item.path)
         label = self.class_names[truth] if isinstance(truth, int) else None
         predicted = self.class_names[next(iter(image.methods.values())).predicted]
-        return Card(str(image.item.path), label, panels, predicted if label is not None else None)
+        shown = predicted if label is not None else None
+        return Card(str(image.item.path), label, panels, shown, thumbnail(image.copy))
 
     def _with_boxes(self, image: ImageResult, overlay: np.ndarray) -> np.ndarray:
         """The overlay with the image's ground-truth boxes drawn on it (clipped to the image)."""
@@ -737,6 +738,7 @@ def _write_report(
     facts = [
         ("data", metrics["data"]),
         ("model", metrics["model"]["model"]),
+        ("methods", ", ".join(names)),
         ("images", f"{dataset['evaluated']} evaluated, {dataset['failed']} failed"),
         ("target", metrics["target"]),
         ("protocol", PROTOCOL_NOTES[metrics["settings"].get("protocol", "poppi")]),
