@@ -93,7 +93,7 @@ def test_library_errors_name_parameters_and_the_command_line_flags(explainer, sc
         Explainer("fashion-vit", method="reciprocam::fuse=0")  # as in the README
     with pytest.raises(ParameterError, match="top_k=99: must be between 1 and 10"):
         explainer(scenes[:1], top_k=99)
-    with pytest.raises(VitcamError, match="classes, top_k and labels choose the classes"):
+    with pytest.raises(VitcamError, match="classes, top_k, labels and threshold choose the targets"):
         explainer(scenes[:1], top_k=1, classes=[0])
     with pytest.raises(ParameterError, match="images must be"):
         explainer(torch.zeros(1, 3, 8, 8))

@@ -206,7 +206,7 @@ def test_conflicting_labels_name_both_lines(tiny_model, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--num-classes", "0"), "--num-classes 0: must be at least 1"),
+        (("--num-classes", "-1"), "--num-classes -1: must be 0 (no head: the embedding) or more"),
         (("--img-size", "7x7"), "--img-size 7x7: each side must be between one patch (8x8 pixels)"),
         (("--img-size", "99999"), "--img-size 99999x99999: each side must be between one patch"),
     ],

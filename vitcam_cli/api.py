@@ -34,7 +34,7 @@ from vitcam_cli.defaults import (
     PROTOCOLS,
 )
 from vitcam_cli.errors import MissingFileError, NonFiniteError, ParameterError, VitcamError
-from vitcam_cli.methods.base import ClassChooser, Explanation
+from vitcam_cli.methods.base import Explanation
 from vitcam_cli.methods.factory import canonical_name, create_method
 from vitcam_cli.metrics.adcc import scale_to_input
 from vitcam_cli.metrics.localization import BoxMasks
@@ -63,13 +63,14 @@ class Explanations:
     """Explanations of a batch: ``T`` explained classes for each of ``B`` images."""
 
     maps: Tensor  # (B, T, h, w) float32 raw saliency on the token grid
-    classes: Tensor  # (B, T) class indices
-    class_names: list[list[str]]  # (B, T)
-    probabilities: Tensor  # (B, T) softmax of the unmasked prediction
+    classes: Tensor  # (B, T) class indices, or indices of the similarity targets
+    class_names: list[list[str]]  # (B, T) class names, or the targets' names (reference paths)
+    probabilities: Tensor  # (B, T) of the unmasked prediction: softmax, sigmoid, or cosine similarity
     method: str  # the method's canonical name
     inputs: Tensor = field(repr=False)  # (B, 3, H, W) the model's input, on its device
     sources: list[Source] = field(repr=False)
     raw: Explanation = field(repr=False)  # the method's own result, on the model's device
+    chosen: Tensor | None = None  # (B, T) which targets are real: a threshold pads images with fewer
 
     def heatmaps(self, original: bool = False) -> Tensor | list[np.ndarray]:
         """Maps min-max scaled to [0, 1] and upsampled bilinearly: (B, T, H, W) at the model's input
@@ -103,6 +104,15 @@ def _on_original(maps: Tensor, source: Source) -> np.ndarray:
     return canvas.numpy()
 
 
+def _names(class_names: Sequence[str] | Path | str | None) -> tuple[list[str], str] | None:
+    """Class names (or similarity targets' names) given as a list or a file, and where they came from."""
+    if class_names is None:
+        return None
+    if isinstance(class_names, Path | str):
+        return read_class_names(Path(class_names)), str(class_names)
+    return list(class_names), "class_names"
+
+
 class Explainer:
     """A model and a saliency method, ready to explain images.
 
@@ -112,7 +122,10 @@ class Explainer:
     works too (``hf:ORG/NAME`` and ``save_pretrained`` folders as strings); ``image_processor`` is its
     image processor when the model was not loaded from a folder or Hub id. Zero-shot: ``open_clip:ARCH``
     (with ``pretrained_tag``) or an open_clip model object, with ``texts`` as the classes and ``prompts``
-    as the templates they are filled into.
+    as the templates they are filled into. A model that yields an embedding (a headless timm model,
+    ``num_classes=0``, a transformers base model, an open_clip tower without texts) explains its
+    similarity to ``references`` (paths or PIL images, embedded by the model itself) or to the rows of
+    ``embeddings`` (an N x D array computed elsewhere, named by ``class_names``).
     """
 
     def __init__(
@@ -133,6 +146,8 @@ class Explainer:
         pretrained_tag: str | None = None,
         texts: Sequence[str] | None = None,
         prompts: Sequence[str] = (),
+        references: Sequence[ImageInput] | None = None,
+        embeddings: np.ndarray | Tensor | None = None,
     ) -> None:
         self.device = resolve_device(device)
         check_precision(precision, self.device)
@@ -149,16 +164,49 @@ class Explainer:
                 model, checkpoint, pretrained, num_classes, img_size, file, pretrained_tag, **zero_shot
             )
             self.loaded = spec.load(self.device)
-        if not self.loaded.class_names:
-            raise ParameterError("texts", "is required: this model's classes are texts (zero-shot)")
-        if isinstance(class_names, Path | str):
-            self.loaded = self.loaded.named(read_class_names(Path(class_names)), str(class_names))
-        elif class_names is not None:
-            self.loaded = self.loaded.named(list(class_names), "class_names")
-        self.method_name = canonical_name(method)
-        self.method = create_method(method, self.loaded, mask_batch, engine)
         self.preprocessing = Preprocessing(self.loaded.transform)
         self.plan = DecodePlan(self.preprocessing, DEFAULT_OVERLAY_SIDE)
+        names = _names(class_names)
+        if self.loaded.embedding is not None or references is not None or embeddings is not None:
+            self.loaded = self._similarity(references, embeddings, names)
+        elif names is not None:
+            self.loaded = self.loaded.named(*names)
+        if not self.loaded.class_names:
+            raise ParameterError("texts", "is required: this model's classes are texts (zero-shot)")
+        self.method_name = canonical_name(method)
+        self.method = create_method(method, self.loaded, mask_batch, engine)
+
+    def _similarity(
+        self,
+        references: Sequence[ImageInput] | None,
+        embeddings: np.ndarray | Tensor | None,
+        names: tuple[list[str], str] | None,
+    ) -> LoadedModel:
+        """The model with similarity targets: ``references`` embedded by the model, or ``embeddings``."""
+        if (references is None) == (embeddings is None):
+            raise VitcamError(
+                "a model that yields an embedding explains its similarity to {references} or to "
+                "{embeddings}: pass one of them"
+            )
+        self.loaded.require_embedding()
+        if references is not None:
+            inputs, _ = self._inputs(references)
+            with torch.inference_mode(), autocast(self.precision, self.device):
+                table = self.loaded.model(inputs).float().cpu()
+            listed = [references] if isinstance(references, str | Path | Image.Image) else list(references)
+            labels = [
+                str(ref) if isinstance(ref, str | Path) else f"reference {i}" for i, ref in enumerate(listed)
+            ]
+            return self.loaded.with_targets(table, labels, {"kind": "references"})
+        table = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+        if table.ndim != 2 or not torch.isfinite(table).all():
+            raise ParameterError("embeddings", f"must be a finite N x D array, not {tuple(table.shape)}")
+        labels = names[0] if names is not None else [f"embedding {i}" for i in range(len(table))]
+        if len(labels) != len(table):
+            raise ParameterError(
+                "class_names", f"needs {len(table)} names, one per embedding, not {len(labels)}"
+            )
+        return self.loaded.with_targets(table, labels, {"kind": "embeddings"})
 
     @property
     def class_names(self) -> list[str]:
@@ -171,20 +219,23 @@ class Explainer:
         classes: Sequence[int | str] | None = None,
         top_k: int | None = None,
         labels: Sequence[int | str] | None = None,
+        threshold: float | None = None,
     ) -> Explanations:
         """Explain ``images`` for ``classes`` (the same for every image), the ``top_k`` most probable
-        classes, or each image's label in ``labels``; by default each image's top prediction."""
+        classes, each image's label in ``labels``, or every class at or above ``threshold``; by default
+        each image's top prediction (every target, for similarity targets)."""
         inputs, sources = self._inputs(images)
-        choose = self._chooser(classes, top_k, labels, inputs.shape[0])
+        request = self._request(classes, top_k, labels, threshold, inputs.shape[0])
         with torch.inference_mode(), autocast(self.precision, self.device):
-            raw = self.method(inputs, choose)
+            raw = self.method(inputs, request.chooser(self._truth(labels)))
         self._check_finite(raw)
         classes_cpu = raw.classes.cpu()
-        probabilities = self.method.reading.values(raw.outputs).gather(1, raw.classes).cpu()
+        values = self.method.reading.values(raw.outputs).cpu()
         names = [[self.class_names[int(c)] for c in row] for row in classes_cpu]
         return Explanations(
-            raw.maps.float().cpu(), classes_cpu, names, probabilities, self.method_name, inputs, sources, raw
-        )
+            raw.maps.float().cpu(), classes_cpu, names, values.gather(1, classes_cpu), self.method_name,
+            inputs, sources, raw, request.chosen(values, classes_cpu),
+        )  # fmt: skip
 
     def scores(
         self,
@@ -264,24 +315,33 @@ class Explainer:
         sources = [Source(size, picture.permute(1, 2, 0).numpy(), None) for picture in pixels]
         return images.to(self.device), sources
 
-    def _chooser(
+    def _request(
         self,
         classes: Sequence[int | str] | None,
         top_k: int | None,
         labels: Sequence[int | str] | None,
+        threshold: float | None,
         count: int,
-    ) -> ClassChooser:
-        if sum([classes is not None, top_k is not None, labels is not None]) > 1:
-            raise VitcamError("{classes}, {top_k} and {labels} choose the classes: pass only one of them")
+    ) -> TargetRequest:
+        given = [classes is not None, top_k is not None, labels is not None, threshold is not None]
+        if sum(given) > 1:
+            raise VitcamError(
+                "{classes}, {top_k}, {labels} and {threshold} choose the targets: pass only one of them"
+            )
         if top_k is not None and not 1 <= top_k <= len(self.class_names):
             raise ParameterError("top_k", f"must be between 1 and {len(self.class_names)}", top_k)
         if labels is not None:
             if len(labels) != count:
                 raise ParameterError("labels", f"needs one label per image ({count}), not {len(labels)}")
-            truth = torch.tensor([self.loaded.resolve_class(str(label)) for label in labels])
-            return TargetRequest(from_labels=True).chooser(truth)
+            return TargetRequest(from_labels=True)
         chosen = tuple(dict.fromkeys(self.loaded.resolve_class(str(value)) for value in classes or ()))
-        return TargetRequest(top_k=top_k or 1, classes=chosen).chooser()
+        every = self.loaded.reading.similarity and not any(given)
+        return TargetRequest(top_k=top_k or 1, classes=chosen, threshold=threshold, every=every)
+
+    def _truth(self, labels: Sequence[int | str] | None) -> Tensor | None:
+        if labels is None:
+            return None
+        return torch.tensor([self.loaded.resolve_class(str(label)) for label in labels])
 
     def _inside(self, result: Explanations, boxes: Sequence[Sequence[Sequence[Any]]]) -> BoxMasks:
         """Boxes per image: (x1, y1, x2, y2) in the original's pixels, or (x1, y1, x2, y2, label) with a

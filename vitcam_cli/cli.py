@@ -28,7 +28,7 @@ from vitcam_cli.errors import ParameterError, VitcamError, naming
 from vitcam_cli.interrupts import INTERRUPTED_EXIT_CODES, interrupted_exit_code
 
 MODEL, METHOD, TARGETS, OUTPUT, RUN, DATA, METRICS = (
-    "Model", "ViT-ReciproCAM", "Classes to explain", "Output", "Run", "Data", "Metrics",
+    "Model", "ViT-ReciproCAM", "What to explain", "Output", "Run", "Data", "Metrics",
 )  # fmt: skip
 # library parameters whose flag has another name
 FLAG_ALIASES = {"fuse": "fuse_blocks", "method": "methods"}
@@ -40,7 +40,7 @@ METAVARS = {
     "shard": "I/N", "colormap": "NAME", "classes": "CLASS", "methods": "METHOD", "method": "METHOD",
     "data": "DIR",
 }  # fmt: skip
-METAVARS |= {"pretrained_tag": "TAG", "prompts": "TEMPLATE"}
+METAVARS |= {"pretrained_tag": "TAG", "prompts": "TEMPLATE", "threshold": "P", "references": "FILE"}
 _TYPE_METAVARS = {int: "N", float: "X", Path: "FILE", str: "TEXT"}
 LONGEST_CHOICES = 18  # longer lists of choices are named in the help text, so that none wraps mid-word
 
@@ -238,9 +238,30 @@ SkipOption = _method_choice(
 )
 ScoreOption = _method_choice(
     D.SCORES,
-    "Class score of each masked copy; contrast = the class logit minus the log-sum-exp of the other classes. "
-    "(default: from --variant)",
+    "Class score of each masked copy; contrast = the class logit minus the log-sum-exp of the other classes; "
+    "sigmoid = each class on its own, for multi-label heads (probabilities and ADCC read it too). Similarity "
+    "targets are scored by their cosine. (default: from --variant; sigmoid for a multi-label model)",
 )
+ReferenceOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--reference",
+        help="A reference image (a file, or a folder of them); repeatable: each is a target, and a map shows "
+        "where the image makes its embedding similar (cosine) to the reference's. For models that yield an "
+        "embedding (headless timm models, --num-classes 0 for any timm model, transformers base models, "
+        "open_clip towers).",
+        rich_help_panel=TARGETS,
+        show_default=False,
+    ),
+]
+EmbeddingsOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="An N x D .npy of target embeddings computed elsewhere (text embeddings, class prototypes, "
+        "cluster centres), named by --class-names: each row is a target, compared by cosine.",
+        rich_help_panel=TARGETS,
+    ),
+]
 SubtractOption = _method_choice(
     D.SUBTRACTS,
     "empty: subtract the score of the copy with every patch token masked out and keep the positive part "
@@ -599,11 +620,30 @@ def explain(
     top_k: Annotated[
         int | None,
         typer.Option(
-            help="Explain the K most probable classes (one map each). (default: 1)",
+            help="Explain the K most probable classes, or the K most similar targets (one map each). "
+            "(default: 1 class; every similarity target)",
             rich_help_panel=TARGETS,
             show_default=False,
         ),
     ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Explain every class whose probability is at least P (multi-label heads: with --score "
+            "sigmoid), or every target whose cosine similarity is; an image with none gets a row saying so.",
+            rich_help_panel=TARGETS,
+        ),
+    ] = None,
+    references: ReferenceOption = None,
+    pairs: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV 'query,reference' of image pairs: each pair explained both ways (the query against the "
+            "reference, the reference against the query), for retrieval and duplicate debugging.",
+            rich_help_panel=TARGETS,
+        ),
+    ] = None,
+    embeddings: EmbeddingsOption = None,
     labels: Annotated[
         Path | None,
         typer.Option(
@@ -663,7 +703,11 @@ def explain(
     def command() -> Any:
         from vitcam_cli.commands.explain import Explain, ExplainOptions
 
-        lists = {"inputs": list(inputs or []), "classes": list(classes or [])}
+        lists = {
+            "inputs": list(inputs or []),
+            "classes": list(classes or []),
+            "references": list(references or []),
+        }
         return Explain(_options(ExplainOptions, given, batch_size, **lists))
 
     launch.start(ctx, command, run.device)
@@ -695,6 +739,8 @@ def evaluate(
             rich_help_panel=DATA,
         ),
     ] = None,
+    references: ReferenceOption = None,
+    embeddings: EmbeddingsOption = None,
     boxes: Annotated[
         Path | None,
         typer.Option(
@@ -791,7 +837,8 @@ def evaluate(
             raise ParameterError(
                 "method", "names no method; use reciprocam, gradcam, rollout or relevance", ""
             )
-        return Evaluate(_options(EvaluateOptions, given, batch_size, methods=specs))
+        lists = {"methods": specs, "references": list(references or [])}
+        return Evaluate(_options(EvaluateOptions, given, batch_size, **lists))
 
     launch.start(ctx, command, run.device)
 

@@ -119,6 +119,7 @@ class TargetRequest:
     from_labels: bool = False
     threshold: float | None = None
     every: bool = False
+    source: str = "labels"  # what names each item's target when ``from_labels``: labels, or pairs
 
     @property
     def per_image(self) -> int:
@@ -135,7 +136,7 @@ class TargetRequest:
         if self.classes:
             return {"mode": "classes", "classes": list(self.classes)}
         if self.from_labels:
-            return {"mode": "labels"}
+            return {"mode": self.source}
         if self.threshold is not None:
             return {"mode": "threshold", "threshold": self.threshold}
         if self.every:

@@ -39,9 +39,10 @@ from vitcam_cli.data import (
 )
 from vitcam_cli.defaults import DELETION_BASELINES, EVALUATE_BATCH, GATE_METRICS, PROTOCOLS, TARGETS
 from vitcam_cli.distributed import Shard, collect_shards, input_record
+from vitcam_cli.embeddings import SimilarityRequest
 from vitcam_cli.errors import ParameterError, VitcamError, render
 from vitcam_cli.methods.base import ClassChooser
-from vitcam_cli.methods.factory import canonical_name, create_method
+from vitcam_cli.methods.factory import BASELINES, canonical_name, create_method, reciprocam_settings
 from vitcam_cli.metrics.adcc import ADCC_DEFINITION
 from vitcam_cli.metrics.aggregate import METRICS, Totals, bootstrap_intervals
 from vitcam_cli.metrics.measure import MetricSettings
@@ -64,7 +65,7 @@ from vitcam_cli.outputs.report import (
     write_report,
 )
 from vitcam_cli.outputs.results import ImageResult, MethodOutput
-from vitcam_cli.outputs.rows import EVALUATE_COLUMNS, Row
+from vitcam_cli.outputs.rows import EVALUATE_COLUMNS, Row, target_fields
 from vitcam_cli.paths import resolved
 from vitcam_cli.runner import (
     EXIT_OK,
@@ -76,6 +77,7 @@ from vitcam_cli.runner import (
     progress_bar,
 )
 from vitcam_cli.runtime import check_precision, library_versions
+from vitcam_cli.target_plan import TargetChoice, plan_targets
 from vitcam_cli.turns import Turns
 
 GALLERY_LIMIT = 100  # the report keeps this many worst and best images
@@ -88,6 +90,8 @@ class EvaluateOptions:
     labels: Path | None = None
     boxes: Path | None = None
     class_map: Path | None = None
+    references: list[str] = field(default_factory=list)  # similarity targets: reference images
+    embeddings: Path | None = None  # similarity targets: an N x D .npy
     target: str = "predicted"
     methods: list[str] = field(default_factory=lambda: ["reciprocam"])
     limit: int | None = None
@@ -241,6 +245,7 @@ class PerImageRows:
         self.writer.writeheader()
         self.options = options
         self.class_names = loaded.class_names
+        self.similarity = loaded.reading.similarity
         self.truth_of = truth_of or {}
 
     def failed(self, item: ImageItem, message: str) -> None:
@@ -249,17 +254,15 @@ class PerImageRows:
     def explained(self, image: ImageResult) -> None:
         truth = self.truth_of.get(image.item.path)
         for name, output in image.methods.items():
-            class_index = output.classes[0]
+            target = target_fields(self.similarity, self.class_names, output.classes[0], output.readings[0])
             row = Row(
                 path=str(image.item.path),
                 method=name,
                 label=self.class_names[truth] if isinstance(truth, int) else None,
                 predicted=self.class_names[output.predicted],
-                class_index=class_index,
-                class_name=self.class_names[class_index],
-                probability=output.readings[0],
                 overlay=self._save(image, name) if self.options.save_overlays else None,
                 metrics=first_values(output),
+                **target,
             )
             self.writer.writerow(row.evaluate_cells())
 
@@ -284,6 +287,7 @@ class EvaluationGallery:
         self.gallery = Gallery(limit=GALLERY_LIMIT)
         self.options = options
         self.class_names = loaded.class_names
+        self.similarity = loaded.reading.similarity
         self.truth_of = truth_of or {}
         self.boxes = boxes or {}
         self.failures: list[tuple[str, str]] = []  # the first few, for the report
@@ -305,9 +309,10 @@ class EvaluationGallery:
                     method=name,
                     thumbnail=thumbnail(self._with_boxes(image, _overlay(image, name, self.options.overlay))),
                     link=link,
-                    class_name=self.class_names[output.classes[0]],
+                    class_name=self._target_name(output.classes[0]),
                     probability=output.readings[0],
                     metrics=first_values(output),
+                    similarity=self.similarity,
                 )
             )
         truth = self.truth_of.get(image.item.path)
@@ -315,6 +320,10 @@ class EvaluationGallery:
         predicted = self.class_names[next(iter(image.methods.values())).predicted]
         shown = predicted if label is not None else None
         return Card(str(image.item.path), label, panels, shown, thumbnail(image.copy))
+
+    def _target_name(self, target: int) -> str:
+        name = self.class_names[target]
+        return (Path(name).name or name) if self.similarity else name
 
     def _with_boxes(self, image: ImageResult, overlay: np.ndarray) -> np.ndarray:
         """The overlay with the image's ground-truth boxes drawn on it (clipped to the image)."""
@@ -385,7 +394,7 @@ class Evaluate:
         if not items:
             raise ParameterError("data", "no images found", options.data)
         note_skipped(self.skipped, quiet)
-        loaded = options.model.load(device)
+        loaded = self._read(options.model.load(device), items, names, device)
         truth_of = _ground_truth(options, items, loaded)
         if options.target == "label" and truth_of is None:
             raise VitcamError(
@@ -431,10 +440,33 @@ class Evaluate:
             failures=gallery.failures,
         )
 
+    def _similarity(self) -> SimilarityRequest:
+        return SimilarityRequest(tuple(self.options.references), None, self.options.embeddings)
+
+    def _read(
+        self, loaded: LoadedModel, items: list[ImageItem], names: list[str], device: torch.device
+    ) -> LoadedModel:
+        """The model read as the evaluation needs: cosines with the similarity targets (each image's
+        most similar one is explained), or a sigmoid when a method scores with it."""
+        similarity = self._similarity()
+        if similarity or loaded.embedding is not None:
+            if self.options.target != "predicted" or self.options.labels is not None:
+                raise VitcamError(
+                    "similarity targets are evaluated for each image's most similar one: {target} label "
+                    "and boxes, and {labels}, name classes"
+                )
+            choice = TargetChoice(similarity=similarity, names=self.options.model.class_names)
+            return plan_targets(choice, loaded, items, device).loaded
+        scores = [reciprocam_settings(name)[1].score for name in names if name not in BASELINES]
+        if "sigmoid" in scores and loaded.reading.kind == "softmax":
+            return loaded.with_reading("sigmoid")
+        return loaded
+
     def _input_files(self, items: list[ImageItem]) -> list[Path]:
         """Every file the evaluation reads (links followed): no output may land on one of them."""
         options = self.options
         named = [options.labels, options.boxes, options.class_map, *options.model.files()]
+        named += [*self._similarity().files(), *map(Path, options.references)]
         return [item.file for item in items] + [resolved(path) for path in named if path is not None]
 
     def _work(

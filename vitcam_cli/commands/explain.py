@@ -26,13 +26,12 @@ from vitcam_cli.data import (
     ImageItem,
     discover,
     output_folders,
-    read_label_lists,
     read_path_list,
-    with_targets,
 )
 from vitcam_cli.defaults import DEFAULT_PRESET, EXPLAIN_BATCH, PRESET_NAMES
 from vitcam_cli.distributed import Shard, input_record
-from vitcam_cli.errors import ParameterError, VitcamError
+from vitcam_cli.embeddings import SimilarityRequest
+from vitcam_cli.errors import ParameterError, VitcamError, render
 from vitcam_cli.interrupts import interrupted_exit_code
 from vitcam_cli.methods.base import SaliencyMethod
 from vitcam_cli.methods.factory import (
@@ -41,6 +40,7 @@ from vitcam_cli.methods.factory import (
     create_method,
     reciprocam_name,
     reciprocam_settings,
+    scored_reading,
 )
 from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM, describe
 from vitcam_cli.metrics.adcc import ADCC_DEFINITION
@@ -66,6 +66,7 @@ from vitcam_cli.runner import (
     progress_bar,
 )
 from vitcam_cli.runtime import check_precision, device_label, library_versions
+from vitcam_cli.target_plan import TargetChoice, plan_targets
 from vitcam_cli.targets import TargetRequest
 from vitcam_cli.turns import Turns
 
@@ -81,6 +82,10 @@ class ExplainOptions:
     classes: list[str] = field(default_factory=list)
     top_k: int | None = None
     labels: Path | None = None
+    threshold: float | None = None  # every class (or similarity target) at or above it
+    references: list[str] = field(default_factory=list)  # reference images (files or folders)
+    pairs: Path | None = None  # a query,reference CSV
+    embeddings: Path | None = None  # an N x D .npy of target embeddings
     out: Path = Path("vitcam-out")
     save_maps: bool = False
     overlays: bool = True
@@ -96,28 +101,26 @@ class ExplainOptions:
         self.overlay.check()
         if self.variant is not None and self.variant not in PRESET_NAMES:
             raise ParameterError("variant", f"use one of {', '.join(PRESET_NAMES)}", self.variant)
-        if not self.inputs and self.files_from is None:
-            raise VitcamError("no inputs: pass image files or folders, or {files_from} FILE (- for stdin)")
-        if sum([bool(self.classes), self.top_k is not None, self.labels is not None]) > 1:
+        if not self.inputs and self.files_from is None and self.pairs is None:
             raise VitcamError(
-                "{classes}, {top_k} and {labels} choose the target classes: use only one of them"
+                "no inputs: pass image files or folders, {files_from} FILE (- for stdin), or {pairs} FILE.csv"
             )
+        self.choice().check()
 
-
-def target_request(options: ExplainOptions, loaded: LoadedModel) -> TargetRequest:
-    count = len(loaded.class_names)
-    if options.top_k is not None and not 1 <= options.top_k <= count:
-        raise ParameterError("top_k", f"must be between 1 and {count} (the class count)", options.top_k)
-    classes = tuple(dict.fromkeys(loaded.resolve_class(value) for value in options.classes))
-    return TargetRequest(top_k=options.top_k or 1, classes=classes, from_labels=options.labels is not None)
+    def choice(self) -> TargetChoice:
+        similarity = SimilarityRequest(tuple(self.references), self.pairs, self.embeddings)
+        return TargetChoice(
+            tuple(self.classes), self.top_k, self.labels, self.threshold, similarity, self.model.class_names
+        )
 
 
 def explain_method(
     options: ExplainOptions, loaded: LoadedModel
-) -> tuple[str, SaliencyMethod, dict[str, Any]]:
-    """The method that makes the maps, its name in rows and tables, and its settings as summary.json
-    records them: ``method`` (any evaluate method string), else ViT-ReciproCAM from ``variant``; the
-    ViT-ReciproCAM options given one by one (``overrides``) win over either."""
+) -> tuple[str, SaliencyMethod, dict[str, Any], LoadedModel]:
+    """The method that makes the maps, its name in rows and tables, its settings as summary.json
+    records them, and the model read as the method's score says (``sigmoid``: a multi-label head):
+    ``method`` (any evaluate method string), else ViT-ReciproCAM from ``variant``; the ViT-ReciproCAM
+    options given one by one (``overrides``) win over either."""
     run = options.run
     if options.method is not None and canonical_name(options.method) in BASELINES:
         name = canonical_name(options.method)
@@ -125,7 +128,7 @@ def explain_method(
         if given:
             raise ParameterError(given[0], f"applies to ViT-ReciproCAM only, not to {{method}} {name}")
         method = create_method(name, loaded, run.mask_batch, run.engine)
-        return name, method, {"name": name, "label": name}
+        return name, method, {"name": name, "label": name}, loaded
     if options.method is not None and options.variant is not None:
         raise VitcamError("{method} and {variant} both choose the ViT-ReciproCAM preset: use one of them")
     if options.method is not None:
@@ -134,11 +137,14 @@ def explain_method(
         preset = options.variant or DEFAULT_PRESET
         settings = PRESETS[preset]
     settings = settings.with_overrides(**options.overrides)
+    explicit = "score" in options.overrides or settings.score != PRESETS[preset].score
+    settings, loaded = scored_reading(settings, loaded, explicit)
     explainer = ReciproCAM(
-        loaded.model, loaded.layout, settings, loaded.input_size, run.mask_batch, run.engine
+        loaded.model, loaded.layout, settings, loaded.input_size, run.mask_batch, run.engine, loaded.reading
     )
     name = reciprocam_name(preset, settings)
-    return name, explainer, {"name": "reciprocam", "label": name, "variant": preset, **settings.as_dict()}
+    described = {"name": "reciprocam", "label": name, "variant": preset, **settings.as_dict()}
+    return name, explainer, described | {"score": loaded.reading.map_score(settings.score)}, loaded
 
 
 def _method_line(summary: dict[str, Any]) -> str:
@@ -230,11 +236,10 @@ class Explain:
         check_precision(options.run.precision, device)
         every = self._items()
         note_skipped(self.skipped, quiet)
-        items = shard.take(every) if shard else every
-        loaded = options.model.load(device)
-        request = target_request(options, loaded)
-        items, unlabelled = self._targets(items, loaded)
-        name, method, described = explain_method(options, loaded)
+        plan = plan_targets(options.choice(), options.model.load(device), every, device)
+        items, unlabelled, request = plan.items, plan.failing, plan.request
+        items = shard.take(items) if shard else items
+        name, method, described, loaded = explain_method(options, plan.loaded)
         recorded = self._settings(loaded, request, method, described)
         part = shard.suffix if shard else ""
         earlier = earlier_summary(options.out, part) if options.skip_existing else {}
@@ -252,7 +257,7 @@ class Explain:
             "out": str(options.out),
             "cwd": str(Path.cwd()),  # what the rows' relative paths are relative to
             "shard": f"{shard.index}/{shard.count}" if shard else None,
-            "inputs": input_record(every),
+            "inputs": input_record(every or plan.items),  # a pairs file brings its own
             "output_folders_skipped": len(self.skipped),
         }
         start_writing(options.out, shard, self.overwrite)
@@ -272,10 +277,12 @@ class Explain:
             metrics=MetricSettings(adcc=options.adcc),
             overlay_side=options.overlay.size if options.overlays else THUMBNAIL_SIDE,
             turns=Turns(enabled=device.type == "cpu"),
+            keep=request.chosen if request.threshold is not None else None,
         )
+        labelled = request.from_labels and not loaded.reading.similarity  # labels, not a pairs file
         writer = ExplainWriter(
-            options.out, manifest, self._emit, self._outputs(request), name, loaded.class_names, run.turns,
-            labelled=request.from_labels, journal=Journal(options.out, part),
+            options.out, manifest, self._emit, self._outputs(request, loaded), name, loaded.class_names,
+            run.turns, labelled=labelled, journal=Journal(options.out, part),
         )  # fmt: skip
         try:
             status = self._stream(run, writer, manifest, todo, unlabelled, quiet)
@@ -329,17 +336,18 @@ class Explain:
     def _input_files(self, items: list[ImageItem]) -> list[Path]:
         """Every file the run reads (links followed): no output may land on one of them."""
         options = self.options
-        named = [options.labels, *options.model.files()]
+        named = [options.labels, *options.model.files(), *options.choice().similarity.files()]
         if options.files_from not in (None, "-"):
             named.append(Path(options.files_from))
-        return [item.file for item in items] + [resolved(path) for path in named if path is not None]
+        references = [Path(reference) for reference in options.references]
+        return [item.file for item in items] + [resolved(path) for path in [*named, *references] if path]
 
     def _items(self) -> list[ImageItem]:
         """The inputs (never the run's own outputs), all of them: a shard takes its share."""
         options = self.options
         listed = read_path_list(options.files_from, self.stdin) if options.files_from else []
         items = discover(options.inputs, listed, skip=output_folders(options.out), skipped=self.skipped)
-        if not items:
+        if not items and not (options.pairs is not None and not options.inputs and not listed):
             where = ", ".join(options.inputs) or options.files_from
             raise VitcamError(f"no images found in {where} (looked for {', '.join(IMAGE_EXTENSIONS)})")
         return items
@@ -372,21 +380,14 @@ class Explain:
         with labels.open("rb") as handle:
             return {"labels": str(labels), "labels_sha256": hashlib.file_digest(handle, "sha256").hexdigest()}
 
-    def _outputs(self, request: TargetRequest) -> Outputs:
+    def _outputs(self, request: TargetRequest, loaded: LoadedModel) -> Outputs:
         options = self.options
-        return Outputs(options.overlays, options.save_maps, options.overlay, request.named_by_class)
-
-    def _targets(
-        self, items: list[ImageItem], loaded: LoadedModel
-    ) -> tuple[list[ImageItem], dict[ImageItem, str]]:
-        """With a labels file: one item per (image, labelled class), several rows of a file asking for
-        several classes; and the images without a row, which fail. Without one: the images as they are."""
-        if self.options.labels is None:
-            return items, {}
-        classes = read_label_lists(self.options.labels, items, loaded.resolve_class)
-        missing = f"no label for this file in {self.options.labels}"
-        work = with_targets(items, classes)
-        return work, {item: missing for item in work if item.target is None}
+        what = "target whose cosine similarity" if loaded.reading.similarity else "class whose probability"
+        nothing = f"no {what} is at least {{threshold}} {options.threshold}"
+        return Outputs(
+            options.overlays, options.save_maps, options.overlay, request.named_by_class,
+            loaded.reading.similarity, render(nothing),
+        )  # fmt: skip
 
     @staticmethod
     def _labels(request: TargetRequest, batch: list[ImageItem]) -> torch.Tensor | None:

@@ -5,8 +5,9 @@ In a masked copy every patch token outside the 3x3 window is exactly zero. Stand
 tokens stay identical to each other through every later block: one representative with
 multiplicity m stands for all of them. Attention over the short sequence is exact when the
 representative's key gets the additive logit bias log(m) (a softmax over m identical keys equals
-one key with weight m); average pooling weights it by m; token pooling needs only the prefix
-queries of the last block.
+one key with weight m); average pooling weights it by m; an attention-pool head (SigLIP's latent
+query, timm's ``global_pool='map'``) attends over the short sequence with the same bias; token
+pooling needs only the prefix queries of the last block.
 
 Three more savings, all exact: the target block's q/k/v are linear in the masked tokens, so they
 come from one projection of the unmasked tokens per image, scaled per window; with skip ``input``
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Attention
+from timm.layers import Attention, AttentionPoolLatent
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
@@ -31,15 +32,28 @@ from vitcam_cli.engine.masks import window_slots
 from vitcam_cli.engine.prefix_attention import PrefixAttentionState, attend_prefix, linear_keys
 from vitcam_cli.engine.prefix_attention import prepare as prepare_prefix_attention
 
-POOLS = ("token", "avg", "max", "avgmax")
+POOLS = ("token", "avg", "max", "avgmax", "map")
+
+
+def _pool_unsupported_reason(model: VisionTransformer) -> str | None:
+    """Why the head's pooling has no exact compressed form, or None when it has."""
+    pool = getattr(model, "attn_pool", None)
+    if model.global_pool not in POOLS or (pool is None) == (model.global_pool == "map"):
+        return f"its head pools with {model.global_pool!r}; the fast path supports {', '.join(POOLS)}"
+    if pool is not None and (type(pool) is not AttentionPoolLatent or pool.pos_embed is not None):
+        return f"its {type(pool).__name__} attention pool has positional terms or is not timm's latent pool"
+    if pool is not None and type(model).forward_head is not VisionTransformer.forward_head:
+        return f"{type(model).__name__} has a head of its own after its attention pool"
+    return None
 
 
 def fast_unsupported_reason(model: nn.Module, block_index: int) -> str | None:
     """Why the compressed path would not be exact for this model, or None when it is."""
     if not isinstance(model, VisionTransformer):
         return f"{type(model).__name__} is not a timm VisionTransformer (positional terms inside its blocks)"
-    if getattr(model, "attn_pool", None) is not None or model.global_pool not in POOLS:
-        return f"its head pools with {model.global_pool!r}; the fast path supports {', '.join(POOLS)}"
+    reason = _pool_unsupported_reason(model)
+    if reason is not None:
+        return reason
     for block in list(model.blocks)[block_index:]:
         if type(block) is not Block:
             return f"its {type(block).__name__} blocks are not standard timm Blocks"
@@ -220,11 +234,15 @@ class CompressedEngine(MaskedEngine):
         return full[:, :tokens]
 
     def _head(self, x: Tensor, key_bias: Tensor) -> Tensor:
-        """Logits of compressed sequences: prefix tokens as they are, pooled patch tokens weighted by m."""
+        """Outputs of compressed sequences: prefix tokens as they are, pooled patch tokens weighted by m."""
         if self.token_pool:
             return self.model.forward_head(self.model.norm(x))
         x = self.model.norm(x)
         start = 0 if self.model.pool_include_prefix else self.layout.num_prefix
+        if self.model.attn_pool is not None:  # the latent query attends over the short sequence
+            bias = key_bias[:, None, None, start:].to(x.dtype)
+            pooled = self.model.attn_pool(x[:, start:], attn_mask=bias)
+            return self.model.head(self.model.head_drop(self.model.fc_norm(pooled)))
         tokens, log_m = x[:, start:].float(), key_bias[:, start:, None]
         multiplicity = log_m.exp()
         mean = (tokens * multiplicity).sum(1) / multiplicity.sum(1)

@@ -83,13 +83,27 @@ def reciprocam_settings(spec: str) -> tuple[str, ReciproCAMSettings]:
     return _settings(spec.strip().lower())
 
 
+def scored_reading(
+    settings: ReciproCAMSettings, loaded: LoadedModel, explicit: bool
+) -> tuple[ReciproCAMSettings, LoadedModel]:
+    """A multi-label model (sigmoid reading) scores its copies through a sigmoid unless a score was
+    asked for (``explicit``); a ``sigmoid`` score reads every class on its own, probabilities included."""
+    if loaded.reading.kind == "sigmoid" and not explicit:
+        return settings.with_overrides(score="sigmoid"), loaded
+    if settings.score == "sigmoid" and loaded.reading.kind == "softmax":
+        return settings, loaded.with_reading("sigmoid")
+    return settings, loaded
+
+
 def create_method(
     spec: str, loaded: LoadedModel, mask_batch: int | None = None, engine: str = "auto"
 ) -> SaliencyMethod:
+    """The method a method string names, reading the model as ``loaded.reading`` says."""
     name = canonical_name(spec)
     if name in BASELINES:
         return BASELINES[name](loaded.model, loaded.layout, loaded.reading)
-    _, settings = _settings(name)
+    preset, settings = _settings(name)
+    settings, loaded = scored_reading(settings, loaded, settings.score != PRESETS[preset].score)
     return ReciproCAM(
         loaded.model, loaded.layout, settings, loaded.input_size, mask_batch, engine, loaded.reading
     )

@@ -65,17 +65,23 @@ class LoadedModel:
             raise ParameterError("score", f"{kind} reads class logits; this model's outputs are an embedding")
         return replace(self, reading=Reading(kind), info=self.info | {"reading": kind})
 
-    def with_targets(self, table: torch.Tensor, names: Sequence[str], source: dict[str, Any]) -> LoadedModel:
-        """An embedding model whose targets are the rows of ``table`` (K, D), compared by cosine and
-        named ``names`` (reference paths, or the names of embeddings computed elsewhere)."""
+    def require_embedding(self) -> None:
+        """Refuse similarity targets for a model whose outputs are class logits."""
         if self.embedding is None:
             raise VitcamError(
                 "similarity targets need the model's embedding, and this model has a classifier head: load "
-                "it without ({num_classes} 0 on a timm model)"
+                "it without one ({num_classes} 0 on a timm model)"
             )
+
+    def with_targets(self, table: torch.Tensor, names: Sequence[str], source: dict[str, Any]) -> LoadedModel:
+        """An embedding model whose targets are the rows of ``table`` (K, D), compared by cosine and
+        named ``names`` (reference paths, or the names of embeddings computed elsewhere)."""
+        self.require_embedding()
         unit = torch.nn.functional.normalize(table.float(), dim=-1)
-        digest = weights_digest_of(unit)
-        info = self.info | {"targets": source | {"count": len(names), "embeddings_sha256": digest}}
+        info = self.info | {
+            "targets": source | {"count": len(names)},
+            "targets_sha256": weights_digest_of(unit),
+        }
         return replace(
             self, class_names=list(names), class_ids=[], reading=Reading("cosine", unit), info=info
         )

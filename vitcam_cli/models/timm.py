@@ -267,8 +267,8 @@ def accepts_object(model: nn.Module) -> bool:
 def load(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
     """Create the model, load its weights, check it is a supported ViT or Swin, build its preprocessing."""
     load_pretrained = spec.pretrained and spec.checkpoint is None
-    if spec.num_classes is not None and spec.num_classes < 1:
-        raise ParameterError("num_classes", "must be at least 1", spec.num_classes)
+    if spec.num_classes is not None and spec.num_classes < 0:
+        raise ParameterError("num_classes", "must be 0 (no head: the embedding) or more", spec.num_classes)
     if spec.img_size is not None:
         _check_img_size(spec.name, spec.img_size)
     kwargs: dict[str, Any] = {"num_classes": spec.num_classes, "img_size": spec.img_size}
@@ -304,6 +304,9 @@ def wrap(model: nn.Module, device: torch.device | str = "cpu", name: str | None 
         "grid": list(layout.grid),
         "prefix_tokens": layout.num_prefix,
     }
+    headless = int(model.num_classes) == 0
+    pool = getattr(model, "global_pool", "its")
+    embedding = f"timm's pooled features ({pool!r} pooling, no head)" if headless else None
     return LoadedModel(
         model,
         name or architecture,
@@ -312,5 +315,6 @@ def wrap(model: nn.Module, device: torch.device | str = "cpu", name: str | None 
         transform,
         class_names_for(model),
         class_ids_for(model),
-        info,
+        info | ({"embedding": embedding} if embedding else {}),
+        embedding=embedding,
     )

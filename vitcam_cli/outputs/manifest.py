@@ -79,9 +79,14 @@ class Manifest:
         self.handle = self.jsonl.open("a", encoding="utf-8")
 
     def _complete(self, rows: list[Row], needs: tuple[str, ...]) -> bool:
-        """Every row ok, and every file it must have (``needs``: overlay, map) on disk."""
+        """Every row ok, and every file it must have (``needs``: overlay, map) on disk (a row that says
+        why an image explained nothing has none)."""
         return all(
-            row.ok and all((link := getattr(row, key)) and (self.out / link).is_file() for key in needs)
+            row.ok
+            and (
+                row.note is not None
+                or all((link := getattr(row, key)) and (self.out / link).is_file() for key in needs)
+            )
             for row in rows
         )
 

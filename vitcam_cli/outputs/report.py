@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import functools
 import io
 import math
 from collections.abc import Callable, Sequence
@@ -20,8 +21,11 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image, ImageDraw
 
+from vitcam_cli.data import decode_reduced, fit_within
+from vitcam_cli.metrics.adcc import PARTS
 from vitcam_cli.outputs.atomic import write_atomic
 from vitcam_cli.outputs.overlay import colormap_table
+from vitcam_cli.outputs.rows import Row
 from vitcam_cli.paths import fs_text
 
 # panel metrics in display order; names not listed here follow alphabetically
@@ -42,9 +46,10 @@ class Panel:
     method: str  # e.g. "reciprocam:official", "gradcam"
     thumbnail: bytes  # encoded JPEG or PNG, embedded in the page
     link: str | None  # the full-size overlay, relative to report.html (POSIX separators)
-    class_name: str  # the explained class
-    probability: float  # the model's softmax probability of that class
+    class_name: str  # the explained class (a similarity target: the reference's file name)
+    probability: float  # the model's probability of that class (a similarity target: the cosine)
     metrics: dict[str, float]  # any of METRIC_ORDER (others are shown too); NaN when undefined
+    similarity: bool = False  # the target is a reference or an embedding, not a class
 
 
 @dataclass
@@ -57,6 +62,7 @@ class Card:
     panels: list[Panel]
     predicted: str | None = None  # the predicted class name, when a label is known
     original: bytes = b""  # the image's thumbnail (encoded), shown before the panels; b"": none
+    reference: bytes = b""  # a similarity target's reference image (encoded), beside the original
 
     @property
     def wrong(self) -> bool:
@@ -70,15 +76,37 @@ def card_to_dict(card: Card) -> dict[str, Any]:
         {**panel.__dict__, "thumbnail": base64.b64encode(panel.thumbnail).decode()} for panel in card.panels
     ]
     fields = {"title": card.title, "label": card.label, "predicted": card.predicted, "panels": panels}
-    return fields | {"original": base64.b64encode(card.original).decode()}
+    pictures = {"original": card.original, "reference": card.reference}
+    return fields | {key: base64.b64encode(value).decode() for key, value in pictures.items()}
 
 
 def card_from_dict(data: dict[str, Any]) -> Card:
     panels = [
         Panel(**{**panel, "thumbnail": base64.b64decode(panel["thumbnail"])}) for panel in data["panels"]
     ]
-    original = base64.b64decode(data.get("original", ""))
-    return Card(data["title"], data["label"], panels, data.get("predicted"), original)
+    original, reference = (base64.b64decode(data.get(key, "")) for key in ("original", "reference"))
+    return Card(data["title"], data["label"], panels, data.get("predicted"), original, reference)
+
+
+def row_panel(method: str, picture: bytes, row: Row) -> Panel:
+    """A row's panel: its class and probability, or its similarity target (the reference's file name,
+    the embedding's name) and cosine."""
+    metrics = {name: row.metrics[name] for name in PARTS if name in row.metrics}
+    if row.reference is not None:
+        name = Path(row.reference).name or row.reference
+        return Panel(method, picture, row.overlay, name, row.similarity or 0.0, metrics, similarity=True)
+    return Panel(method, picture, row.overlay, row.class_name or "", row.probability or 0.0, metrics)
+
+
+@functools.lru_cache(maxsize=256)
+def file_thumbnail(path: Path) -> bytes:
+    """An image file's thumbnail, read again from its path (a reference shared by many cards is read
+    once); b"" when it is gone or unreadable."""
+    try:
+        image, _ = decode_reduced(path, lambda size: fit_within(size, THUMBNAIL_SIDE))
+    except Exception:  # moved, changed, removed, or no file at all (an embedding's name)
+        return b""
+    return thumbnail(np.asarray(image))
 
 
 def thumbnail(image: np.ndarray, max_side: int = THUMBNAIL_SIDE) -> bytes:
@@ -234,6 +262,7 @@ def _card_view(card: Card) -> dict[str, Any]:
         "title": card.title,
         "name": name,
         "original": _picture(card.original, f"{name}, the image explained") if card.original else None,
+        "reference": _picture(card.reference, "the reference image") if card.reference else None,
         "label": card.label,
         "predicted": card.predicted,
         "wrong": card.wrong,
@@ -250,6 +279,7 @@ def _panel_view(panel: Panel, title: str) -> dict[str, Any]:
         "link": quote(panel.link) if panel.link is not None else None,
         "class_name": panel.class_name,
         "probability": panel.probability,
+        "similarity": panel.similarity,
         "sort_values": {name: value if math.isfinite(value) else None for name, value in values.items()},
         "metrics": [(name, panel.metrics[name]) for name in _ordered_metrics(set(panel.metrics))],
         "source": None,

@@ -20,6 +20,7 @@ RESUME_KEYS = ("model", "method", "targets", "colormap", "alpha", "overlays", "a
 DIGESTS = {
     ("model", "weights_sha256"): "other weights of the model",
     ("model", "class_names_sha256"): "other class names",
+    ("model", "targets_sha256"): "other target embeddings (references or embeddings file)",
     ("targets", "labels_sha256"): "another labels file's contents",
 }
 

@@ -19,11 +19,11 @@ from vitcam_cli.paths import fs_text
 ROW_METRICS = (*PARTS, "insertion", "deletion", "pointing_game", "energy_in_box", "discrimination")
 EXPLAIN_COLUMNS = (
     "path", "status", "error", "method", "class_index", "class_name", "probability", "rank", "overlay", "map",
-    "width", "height", *PARTS, "path_bytes",
+    "width", "height", *PARTS, "reference", "similarity", "note", "path_bytes",
 )  # fmt: skip
 EVALUATE_COLUMNS = (
     "path", "status", "error", "method", "label", "predicted", "correct", "class_index", "class_name",
-    "probability", *ROW_METRICS, "overlay", "path_bytes",
+    "probability", *ROW_METRICS, "overlay", "reference", "similarity", "path_bytes",
 )  # fmt: skip
 
 
@@ -60,6 +60,14 @@ def _text(value: object) -> object:
     return fs_text(value) if isinstance(value, str) else value
 
 
+def target_fields(similarity: bool, names: list[str], target: int, reading: float) -> dict[str, Any]:
+    """A row's target: a class by index, name and probability; a similarity target by its reference
+    and cosine."""
+    if similarity:
+        return {"reference": names[target], "similarity": reading}
+    return {"class_index": target, "class_name": names[target], "probability": reading}
+
+
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(float(value), 6)
 
@@ -76,12 +84,15 @@ class Row:
     predicted: str | None = None  # the predicted class name (evaluate)
     class_index: int | None = None
     class_name: str | None = None
-    probability: float | None = None  # softmax of the unmasked prediction
-    rank: int | None = None  # 1 = the top prediction
+    probability: float | None = None  # of the class in the unmasked prediction: softmax, or sigmoid
+    rank: int | None = None  # 1 = the top prediction (the most similar target)
     overlay: str | None = None  # relative to the output folder
     map: str | None = None
     width: int | None = None  # the original's, after EXIF orientation
     height: int | None = None
+    reference: str | None = None  # a similarity target: the reference image as given, or the embedding's name
+    similarity: float | None = None  # cosine of the unmasked image's embedding and the target's
+    note: str | None = None  # why an image explained nothing (no class reached the threshold)
     metrics: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -100,7 +111,7 @@ class Row:
         """results.jsonl's object: every explain column, metrics rounded to 6 decimals, None when absent."""
         values = {name: _text(getattr(self, name, None)) for name in EXPLAIN_COLUMNS if name not in PARTS}
         values["path"], exact = path_cells(self.path)
-        values["probability"] = _rounded(self.probability)
+        values["probability"], values["similarity"] = _rounded(self.probability), _rounded(self.similarity)
         return values | {name: _rounded(self.metrics.get(name)) for name in PARTS} | {"path_bytes": exact}
 
     def evaluate_cells(self) -> dict[str, str]:
@@ -128,4 +139,5 @@ class Row:
             value = getattr(row, name)
             setattr(row, name, None if value is None else int(value))
         row.probability = None if row.probability is None else float(row.probability)
+        row.similarity = None if row.similarity is None else float(row.similarity)
         return row

@@ -19,15 +19,14 @@ import numpy as np
 import torch
 
 from vitcam_cli.data import ImageItem
-from vitcam_cli.metrics.adcc import PARTS
 from vitcam_cli.outputs.atomic import write_atomic
 from vitcam_cli.outputs.folder import Journal
 from vitcam_cli.outputs.manifest import Manifest
 from vitcam_cli.outputs.names import output_link
 from vitcam_cli.outputs.overlay import OverlaySettings, encode_overlay, overlay_extension, render_overlay
-from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail
+from vitcam_cli.outputs.report import Card, Gallery, file_thumbnail, row_panel, thumbnail
 from vitcam_cli.outputs.results import ImageResult, MethodOutput
-from vitcam_cli.outputs.rows import Row
+from vitcam_cli.outputs.rows import Row, target_fields
 from vitcam_cli.turns import Turns
 
 WRITER_THREADS = max(2, min(8, os.cpu_count() or 1))
@@ -37,37 +36,41 @@ GALLERY_LIMIT = 100  # the report keeps this many worst and best rows
 
 @dataclass(frozen=True)
 class Outputs:
-    """Which files each explained class gets, how they look, and whether their names carry the class
-    (a run that may explain several classes of an image names every output by its class)."""
+    """Which files each explained target gets, how they look, whether their names carry the target (a
+    run that may explain several of an image names every output by its target), whether the targets
+    are similarity targets (rows name the reference), and what a row says for an image that explained
+    none (a threshold no class reached)."""
 
     overlays: bool
     maps: bool
     overlay: OverlaySettings
     per_class: bool = False
+    similarity: bool = False
+    nothing: str = "no target reached the threshold"
 
 
 def explained_rows(
     image: ImageResult, output: MethodOutput, class_names: list[str], outputs: Outputs, method: str
 ) -> list[Row]:
-    """One row per explained class of ``image``."""
+    """One row per explained target of ``image`` (one row that says so when it has none)."""
     extension = overlay_extension(outputs.overlay.format, image.item.path)
+    size = {"width": image.size[0], "height": image.size[1]}
+    if not output.classes:
+        return [Row(path=str(image.item.path), method=method, note=outputs.nothing, **size)]
     rows = []
-    for t, class_index in enumerate(output.classes):
-        named = class_index if outputs.per_class else None
+    for t, target in enumerate(output.classes):
+        named = target if outputs.per_class else None
         overlay = output_link("overlays", image.item.rel, extension, named)
         rows.append(
             Row(
                 path=str(image.item.path),
                 method=method,
-                class_index=class_index,
-                class_name=class_names[class_index],
-                probability=output.readings[t],
                 rank=output.ranks[t],
                 overlay=overlay if outputs.overlays else None,
                 map=output_link("maps", image.item.rel, "npy", named) if outputs.maps else None,
-                width=image.size[0],
-                height=image.size[1],
                 metrics={name: values[t] for name, values in output.values.items()},
+                **size,
+                **target_fields(outputs.similarity, class_names, target, output.readings[t]),
             )
         )
     return rows
@@ -115,6 +118,11 @@ class ExplainWriter:
     def explained(self, image: ImageResult) -> None:
         output = image.methods[self.method]
         rows = explained_rows(image, output, self.class_names, self.outputs, self.method)
+        if not output.classes:  # nothing to draw: the row says why
+            future: Future[list[Row]] = Future()
+            future.set_result(rows)
+            self._enqueue(future)
+            return
         predicted = self.class_names[output.predicted]
         self._enqueue(self.pool.submit(self._write, image, list(output.maps), rows, predicted))
 
@@ -172,16 +180,13 @@ class ExplainWriter:
         beside its overlay."""
 
         def card() -> Card:
-            metrics = {name: row.metrics[name] for name in PARTS if name in row.metrics}
-            picture = thumbnail(render())
-            panel = Panel(
-                self.method, picture, row.overlay, row.class_name or "", row.probability or 0.0, metrics
-            )
+            panel = row_panel(self.method, thumbnail(render()), row)
             original = thumbnail(image.copy)
             if self.labelled:
                 return Card(row.path, row.class_name, [panel], predicted, original)
-            return Card(row.path, None, [panel], original=original)
+            reference = file_thumbnail(Path(row.reference)) if row.reference is not None else b""
+            return Card(row.path, None, [panel], original=original, reference=reference)
 
-        value = row.metrics.get("adcc", row.probability)
+        value = row.metrics.get("adcc", row.probability if row.reference is None else row.similarity)
         with self.gallery_lock:
             self.gallery.offer(float(value if value is not None else float("nan")), card)
