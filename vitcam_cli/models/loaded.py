@@ -79,7 +79,7 @@ class LoadedModel:
         self.require_embedding()
         unit = torch.nn.functional.normalize(table.float(), dim=-1)
         info = self.info | {
-            "targets": source | {"count": len(names)},
+            "targets": source | {"count": len(names), "names": list(names)},  # in target-index order
             "targets_sha256": weights_digest_of(unit),
         }
         return replace(
