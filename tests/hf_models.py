@@ -1,8 +1,10 @@
-"""Tiny random-weight transformers classifiers of every supported class, saved as save_pretrained folders.
+"""Tiny random-weight transformers models of every supported class (classifiers and embedding models),
+saved as save_pretrained folders.
 
-Each comes with the image processor its family ships (ViT's, DeiT's, BEiT's, DINOv2's BitImageProcessor)
-sized for the tiny model, so that folders load exactly as Hub models do. DINOv2's processors crop
-another size than its config's image_size: its position embedding is interpolated, as on the Hub.
+Each comes with the image processor its family ships (ViT's, DeiT's, BEiT's, DINOv2's BitImageProcessor,
+SigLIP's, CLIP's) sized for the tiny model, so that folders load exactly as Hub models do. DINOv2's
+processors crop another size than its config's image_size: its position embedding is interpolated, as on
+the Hub.
 """
 
 from __future__ import annotations
@@ -64,6 +66,21 @@ CLASSES: dict[str, tuple[str, dict, str, dict]] = {
 }
 FIVE = list(CLASSES)  # the five families: ViT, DeiT (two heads), BEiT, DINOv2 (with registers)
 
+# embedding models: the classifiers' tiny sizes without classes
+BASE = {key: value for key, value in TINY.items() if key not in ("id2label", "label2id")}
+EMBEDDERS: dict[str, tuple[str, dict, str, dict]] = {
+    "ViTModel": ("ViTConfig", {}, "ViTImageProcessor", {"size": SQUARE, "resample": 2}),
+    "Dinov2Model": CLASSES["Dinov2ForImageClassification"],
+    "Dinov2WithRegistersModel": CLASSES["Dinov2WithRegistersForImageClassification"],
+    "SiglipVisionModel": ("SiglipVisionConfig", {}, "SiglipImageProcessor", {"size": SQUARE}),
+    "CLIPVisionModelWithProjection": (
+        "CLIPVisionConfig",
+        {"projection_dim": 16},
+        "CLIPImageProcessor",
+        {"size": {"shortest_edge": 36}, "crop_size": SQUARE},
+    ),
+}
+
 # Swin, 64 px in 4x4 patches: stages of 16x16, 8x8 and 4x4 tokens in 2x2 windows, so the second block of
 # every stage shifts its windows (the last stage's too: it is larger than one window)
 SWIN = {
@@ -90,6 +107,28 @@ def tiny_classifier(name: str, seed: int = 0) -> tuple[nn.Module, object]:
     scramble(model, seed)
     processor = getattr(transformers, processor_class)(**settings)
     return model, processor
+
+
+def tiny_embedder(
+    name: str, seed: int = 0, pooler: bool = True, **overrides: object
+) -> tuple[nn.Module, object]:
+    """A random-weight embedding model of transformers class ``name`` and its image processor
+    (``overrides`` for its config; ``pooler=False``: ViTModel without its pooling layer)."""
+    config_class, class_overrides, processor_class, settings = EMBEDDERS[name]
+    config = getattr(transformers, config_class)(**BASE | class_overrides | overrides)
+    config.architectures = [name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = getattr(transformers, name)(config, **({} if pooler else {"add_pooling_layer": False}))
+    scramble(model, seed)
+    return model, getattr(transformers, processor_class)(**settings)
+
+
+def save_embedder(folder: Path, name: str, seed: int = 0, pooler: bool = True, **overrides: object) -> Path:
+    model, processor = tiny_embedder(name, seed, pooler, **overrides)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
 
 
 def tiny_swin_classifier(seed: int = 0, **overrides: object) -> tuple[nn.Module, object]:

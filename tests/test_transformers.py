@@ -23,6 +23,7 @@ import transformers
 from PIL import Image, ImageFilter
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from transformers.utils import ModelOutput
 
 from tests.conftest import noise
 from tests.hf_models import CLASS_NAMES, CLASSES, FIVE, save_classifier, tiny_classifier
@@ -86,11 +87,16 @@ def hf_layers(model: nn.Module) -> list[nn.Module]:
         return list(base.layers)
     if hasattr(base.encoder, "layer"):
         return list(base.encoder.layer)
+    if not hasattr(base.encoder.layers[0], "blocks"):  # CLIP's and SigLIP's vision towers
+        return list(base.encoder.layers)
     return [block for stage in base.encoder.layers for block in stage.blocks]
 
 
 def first_norm(layer: nn.Module) -> nn.Module:
-    return layer.layernorm_before if hasattr(layer, "layernorm_before") else layer.norm1
+    for name in ("layernorm_before", "layer_norm1", "norm1"):
+        if hasattr(layer, name):
+            return getattr(layer, name)
+    raise AssertionError(f"{type(layer).__name__} has no first LayerNorm")
 
 
 def layer_input(model: nn.Module, layer: nn.Module, image: Tensor) -> Tensor:
@@ -107,14 +113,14 @@ def layer_input(model: nn.Module, layer: nn.Module, image: Tensor) -> Tensor:
     return captured[0]
 
 
-def textbook_map(
-    model: nn.Module, image: Tensor, preset: str | ReciproCAMSettings, cls: int, grid: tuple[int, int]
-) -> Tensor:
-    """ViT-ReciproCAM by its definition: for each grid cell k, the target layer's LayerNorm output with
-    patch token j scaled by the kernel at k (prefix tokens kept), the skip path as the preset says, the
-    rest of the transformers model run on it; the class's score from copy k is the saliency at k.
-    ``grid`` is the target layer's token grid (a Swin stage's)."""
-    settings = PRESETS[preset] if isinstance(preset, str) else preset
+def masked_outputs(
+    model: nn.Module, image: Tensor, settings: ReciproCAMSettings, grid: tuple[int, int]
+) -> ModelOutput:
+    """ViT-ReciproCAM's masked copies by their definition, run by the transformers model itself: for each
+    grid cell k, the target layer's LayerNorm output with patch token j scaled by the kernel at k (prefix
+    tokens kept), the skip path as the preset says, the rest of the model run on it. Returns the model's
+    own output on the h*w copies, in cell order. ``grid`` is the target layer's token grid (a Swin
+    stage's)."""
     layer = hf_layers(model)[settings.target_block]
     x = layer_input(model, layer, image)[0]
     features = first_norm(layer)(x)
@@ -135,7 +141,15 @@ def textbook_map(
     with ExitStack() as stack:
         stack.callback(layer.register_forward_pre_hook(replace_input, with_kwargs=True).remove)
         stack.callback(first_norm(layer).register_forward_hook(lambda _m, _i, _o: masked).remove)
-        logits = model(pixel_values=image.expand(len(cells), -1, -1, -1)).logits
+        return model(pixel_values=image.expand(len(cells), -1, -1, -1))
+
+
+def textbook_map(
+    model: nn.Module, image: Tensor, preset: str | ReciproCAMSettings, cls: int, grid: tuple[int, int]
+) -> Tensor:
+    """ViT-ReciproCAM by its definition: the class's score from masked copy k is the saliency at k."""
+    settings = PRESETS[preset] if isinstance(preset, str) else preset
+    logits = masked_outputs(model, image, settings, grid).logits
     scores = logits.softmax(-1) if settings.score == "softmax" else logits
     return scores[:, cls].view(grid)
 
@@ -177,9 +191,14 @@ def test_vit_and_deit_take_the_fast_engine_and_beit_and_dinov2_the_dense_one(fol
 
 
 @pytest.mark.parametrize("name", FIVE)
-def test_model_input_equals_the_image_processor(folders, name, tmp_path):
-    loaded = load_model(str(folders[name]))
-    processor = transformers.AutoImageProcessor.from_pretrained(folders[name])
+def test_model_input_equals_the_image_processor(folders, name):
+    assert_input_is_the_processors(folders[name])
+
+
+def assert_input_is_the_processors(folder: Path) -> None:
+    """vitcam's model input for images of several shapes is what the folder's image processor makes."""
+    loaded = load_model(str(folder))
+    processor = transformers.AutoImageProcessor.from_pretrained(folder)
     preprocessing = Preprocessing(loaded.transform)
     std = torch.tensor(loaded.data_config["std"]).view(-1, 1, 1)
     for size in ((45, 61), (80, 50), (32, 32)):

@@ -1,9 +1,9 @@
 """A transformers image processor read as a timm data config, so that vitcam's own streaming
 preprocessing (reduced JPEG decodes, uint8 batches) computes what the processor computes.
 
-The image processors of ViT, DeiT, BEiT and DINOv2 resize (to a fixed height x width, or the shortest
-edge to a length), centre-crop, rescale by 1/255 and normalise: timm's eval transform with crop mode
-``squash`` or ``center`` and ``crop_pct`` = crop / resize. Anything else is refused in one line.
+The image processors of ViT, DeiT, BEiT, DINOv2, SigLIP and CLIP resize (to a fixed height x width, or
+the shortest edge to a length), centre-crop, rescale by 1/255 and normalise: timm's eval transform with
+crop mode ``squash`` or ``center`` and ``crop_pct`` = crop / resize. Anything else is refused in one line.
 """
 
 from __future__ import annotations

@@ -1,11 +1,18 @@
-"""transformers image classifiers rebuilt as the equivalent timm model, weights copied once.
+"""transformers image models rebuilt as the equivalent timm model, weights copied once.
 
-ViT and DeiT become timm's ``VisionTransformer`` (DeiT's distillation token as a second prefix
-token), DeiT with its teacher head timm's distilled DeiT, BEiT timm's ``Beit``, DINOv2 a
+Classifiers: ViT and DeiT become timm's ``VisionTransformer`` (DeiT's distillation token as a second
+prefix token), DeiT with its teacher head timm's distilled DeiT, BEiT timm's ``Beit``, DINOv2 a
 ``VisionTransformer`` whose head reads the CLS token and the mean of the patch tokens, Swin timm's
-``SwinTransformer`` (the same network: transformers ports the original Swin, as timm does). The engines
-then see the model shapes they know. Nothing here imports transformers: it reads the model's
-config attributes and state dict, whatever version wrote them.
+``SwinTransformer`` (the same network: transformers ports the original Swin, as timm does).
+
+Embedding models (base models, no classes) become a ``VisionTransformer`` with ``num_classes=0`` whose
+output is the embedding their transformers class defines: ViT's pooler (dense and tanh on the CLS token)
+as the head, DINOv2's final-norm CLS token, SigLIP's attention-pooling head as timm's
+``AttentionPoolLatent`` (``global_pool='map'``), CLIP's ``visual_projection`` of the final-norm CLS token
+as a bias-free head after timm's ``norm_pre`` (CLIP's ``pre_layrnorm``), as timm's own CLIP models have.
+
+The engines then see the model shapes they know. Nothing here imports transformers: it reads the
+model's config attributes and state dict, whatever version wrote them.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from functools import partial
 from typing import Any
 
 import torch
+from timm.layers import QuickGELU
 from timm.models.beit import Beit
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.swin_transformer import SwinTransformer
@@ -33,11 +41,25 @@ ARCHITECTURES = (
     "Dinov2WithRegistersForImageClassification",
     "SwinForImageClassification",
 )
+# base models whose outputs are an embedding (docs/transformers.md says which output each is)
+EMBEDDERS = (
+    "ViTModel",
+    "Dinov2Model",
+    "Dinov2WithRegistersModel",
+    "SiglipVisionModel",
+    "CLIPVisionModelWithProjection",
+)
 SUPPORTED_CLASSES = (
-    "vitcam explains these transformers classes: " + ", ".join(ARCHITECTURES) + " (see docs/transformers.md)"
+    f"vitcam explains these transformers classifiers: {', '.join(ARCHITECTURES)}; and these embedding "
+    f"models: {', '.join(EMBEDDERS)} (see docs/transformers.md)"
 )
 # position embeddings that transformers interpolates to the input size on every call
-INTERPOLATING = ("Dinov2ForImageClassification", "Dinov2WithRegistersForImageClassification")
+INTERPOLATING = (
+    "Dinov2ForImageClassification",
+    "Dinov2WithRegistersForImageClassification",
+    "Dinov2Model",
+    "Dinov2WithRegistersModel",
+)
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,
@@ -46,6 +68,8 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "silu": nn.SiLU,
     "swish": nn.SiLU,
+    "quick_gelu": QuickGELU,
+    "tanh": nn.Tanh,
 }
 
 # older transformers releases name the same tensors differently: read them in today's names
@@ -58,6 +82,14 @@ KEY_ALIASES = (
     (r"attention\.attention\.relative_position_bias\.", "relative_position_bias."),
     (r"intermediate\.dense\.", "mlp.fc1."),
     (r"(layers\.\d+\.)output\.dense\.", r"\1mlp.fc2."),
+)
+# CLIP and SigLIP name their encoder layers' parts otherwise (Swin's stages are ``encoder.layers`` too,
+# so these apply to those two alone)
+TOWER_KEYS = (
+    (r"^encoder\.layers\.(\d+)\.", r"layers.\1."),
+    (r"^(layers\.\d+\.)self_attn\.out_proj\.", r"\1attention.o_proj."),
+    (r"^(layers\.\d+\.)self_attn\.", r"\1attention."),
+    (r"^(layers\.\d+\.)layer_norm([12])\.", r"\1norm\2."),
 )
 
 
@@ -95,13 +127,28 @@ def canonical_state(model: nn.Module) -> dict[str, Tensor]:
     return state
 
 
-def _common_kwargs(config: Any, input_size: tuple[int, int]) -> dict[str, Any]:
-    activation = ACTIVATIONS.get(str(config.hidden_act))
+def _tower_state(model: nn.Module) -> dict[str, Tensor]:
+    """A CLIP or SigLIP vision tower's tensors, its layers' parts under the names ``_block_tensors`` reads."""
+    state = {}
+    for name, value in canonical_state(model).items():
+        for pattern, replacement in TOWER_KEYS:
+            name = re.sub(pattern, replacement, name)
+        state[name] = value
+    return state
+
+
+def _activation(name: str) -> Callable[[], nn.Module]:
+    activation = ACTIVATIONS.get(str(name))
     if activation is None:
         raise UnsupportedModelError(
-            f"the activation {config.hidden_act!r} has no timm equivalent here; "
-            f"supported: {', '.join(ACTIVATIONS)}"
+            f"the activation {name!r} has no timm equivalent here; supported: {', '.join(ACTIVATIONS)}"
         )
+    return activation
+
+
+def _common_kwargs(config: Any, input_size: tuple[int, int]) -> dict[str, Any]:
+    """A classifier's timm arguments; an embedding model's override ``num_classes`` with 0."""
+    activation = _activation(config.hidden_act)
     # DINOv2 configs size the MLP by mlp_ratio (and may carry an unused intermediate_size)
     ratio = getattr(config, "mlp_ratio", None)
     mlp_ratio = float(ratio) if ratio is not None else config.intermediate_size / config.hidden_size
@@ -156,11 +203,13 @@ def _embeddings(state: dict[str, Tensor]) -> dict[str, Tensor]:
     }
 
 
+def _final_norm(state: dict[str, Tensor], source: str = "layernorm") -> dict[str, Tensor]:
+    return {"norm.weight": state[f"{source}.weight"], "norm.bias": state[f"{source}.bias"]}
+
+
 def _norm_and_head(state: dict[str, Tensor], classifier: str = "classifier") -> dict[str, Tensor]:
     """The final LayerNorm and the linear classifier, under timm's names."""
-    return {
-        "norm.weight": state["layernorm.weight"],
-        "norm.bias": state["layernorm.bias"],
+    return _final_norm(state) | {
         "head.weight": state[f"{classifier}.weight"],
         "head.bias": state[f"{classifier}.bias"],
     }
@@ -178,6 +227,21 @@ def _vit(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Module, dict
     }
     if distilled:
         tensors["reg_token"] = state["embeddings.distillation_token"]
+    return timm_model, tensors
+
+
+def _vit_model(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Module, dict[str, Tensor]]:
+    """ViTModel: token pooling without classes; its pooler (dense and activation on the final-norm CLS
+    token) becomes the head, when the weights have one."""
+    config, state = model.config, canonical_state(model)
+    timm_model = VisionTransformer(**_common_kwargs(config, input_size) | {"num_classes": 0})
+    tensors = _embeddings(state) | _block_tensors(state, config.num_hidden_layers) | _final_norm(state)
+    tensors["pos_embed"] = state["embeddings.position_embeddings"]
+    dense = state.get("pooler.dense.weight")
+    if dense is not None:
+        activation = _activation(config.pooler_act)
+        timm_model.head = nn.Sequential(nn.Linear(dense.shape[1], dense.shape[0]), activation())
+        tensors |= {"head.0.weight": dense, "head.0.bias": state["pooler.dense.bias"]}
     return timm_model, tensors
 
 
@@ -242,17 +306,21 @@ def _beit(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Module, dic
     return timm_model, tensors
 
 
-def _dinov2(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Module, dict[str, Tensor]]:
-    """DINOv2 (with or without registers): the position embedding interpolated once, by transformers'
-    own code, for this input size; registers take none, so the CLS token's is folded into it."""
-    config, state = model.config, canonical_state(model)
+def _dinov2_backbone(
+    model: nn.Module, state: dict[str, Tensor], input_size: tuple[int, int]
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """DINOv2 (with or without registers) up to its final norm: timm arguments and tensors. The position
+    embedding is interpolated once, by transformers' own code, for this input size; registers take none,
+    so the CLS token's is folded into it."""
+    config = model.config
     if getattr(config, "use_swiglu_ffn", False):
         raise UnsupportedModelError("DINOv2 with a SwiGLU feed-forward (use_swiglu_ffn) is not supported yet")
     registers = int(getattr(config, "num_register_tokens", 0))
-    kwargs = _common_kwargs(config, input_size)
-    timm_model = ClassAndMeanHead(
-        **kwargs, init_values=float(config.layerscale_value), reg_tokens=registers, no_embed_class=True
-    )
+    kwargs = _common_kwargs(config, input_size) | {
+        "init_values": float(config.layerscale_value),
+        "reg_tokens": registers,
+        "no_embed_class": True,
+    }
     patch = pair(config.patch_size)
     grid = (input_size[0] // patch[0]) * (input_size[1] // patch[1])
     embeddings = model.base_model.embeddings
@@ -265,10 +333,84 @@ def _dinov2(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Module, d
     tensors |= {
         "cls_token": state["embeddings.cls_token"] + position[:, :1],
         "pos_embed": position[:, 1:],
-        **_norm_and_head(state),
+        **_final_norm(state),
     }
     if registers:
         tensors["reg_token"] = state["embeddings.register_tokens"]
+    return kwargs, tensors
+
+
+def _dinov2(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Module, dict[str, Tensor]]:
+    """DINOv2's classifier: its head on the CLS token and the mean of the patch tokens."""
+    state = canonical_state(model)
+    kwargs, tensors = _dinov2_backbone(model, state, input_size)
+    head = {"head.weight": state["classifier.weight"], "head.bias": state["classifier.bias"]}
+    return ClassAndMeanHead(**kwargs), tensors | head
+
+
+def _dinov2_model(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Module, dict[str, Tensor]]:
+    """Dinov2Model's pooler_output, the final-norm CLS token: timm's token pooling without classes."""
+    kwargs, tensors = _dinov2_backbone(model, canonical_state(model), input_size)
+    return VisionTransformer(**kwargs | {"num_classes": 0}), tensors
+
+
+def _tower_layers(state: dict[str, Tensor], config: Any) -> dict[str, Tensor]:
+    """A CLIP or SigLIP vision tower's patch embedding, position embedding and blocks."""
+    tensors = _block_tensors(state, config.num_hidden_layers)
+    tensors |= {
+        "patch_embed.proj.weight": state["embeddings.patch_embedding.weight"],
+        "pos_embed": state["embeddings.position_embedding.weight"][None],
+    }
+    if "embeddings.patch_embedding.bias" in state:
+        tensors["patch_embed.proj.bias"] = state["embeddings.patch_embedding.bias"]
+    return tensors
+
+
+def _siglip(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Module, dict[str, Tensor]]:
+    """SigLIP's vision tower: patch tokens only, the final norm, then its attention-pooling head as timm's
+    ``AttentionPoolLatent``: the learned probe its latent, torch's packed q/k/v projection (rows q, k, v)
+    its ``q`` and ``kv``, the head's layernorm and MLP its own."""
+    config, state = model.config, _tower_state(model)
+    if "head.probe" not in state:
+        raise UnsupportedModelError(
+            "SiglipVisionModel without its attention-pooling head (vision_use_head false) has no "
+            "pooler_output, the embedding vitcam explains"
+        )
+    kwargs = _common_kwargs(config, input_size) | {"num_classes": 0}
+    timm_model = VisionTransformer(**kwargs, class_token=False, global_pool="map")
+    width = int(config.hidden_size)
+    packed, packed_bias = state["head.attention.in_proj_weight"], state["head.attention.in_proj_bias"]
+    tensors = _tower_layers(state, config) | _final_norm(state, "post_layernorm")
+    tensors |= {
+        "attn_pool.latent": state["head.probe"],
+        "attn_pool.q.weight": packed[:width],
+        "attn_pool.q.bias": packed_bias[:width],
+        "attn_pool.kv.weight": packed[width:],
+        "attn_pool.kv.bias": packed_bias[width:],
+    }
+    for timm_name, name in (
+        ("proj", "attention.out_proj"), ("norm", "layernorm"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2"),
+    ):  # fmt: skip
+        for part in ("weight", "bias"):
+            tensors[f"attn_pool.{timm_name}.{part}"] = state[f"head.{name}.{part}"]
+    return timm_model, tensors
+
+
+def _clip(model: nn.Module, input_size: tuple[int, int]) -> tuple[nn.Module, dict[str, Tensor]]:
+    """CLIP's vision tower with its projection: ``pre_layrnorm`` after the embeddings is timm's
+    ``norm_pre`` (whose patch embedding then has no bias, as CLIP's), token pooling after the final norm,
+    and ``visual_projection`` a bias-free head, as in timm's own CLIP models."""
+    config, state = model.config, _tower_state(model)
+    timm_model = VisionTransformer(**_common_kwargs(config, input_size) | {"num_classes": 0}, pre_norm=True)
+    projection = state["visual_projection.weight"]
+    timm_model.head = nn.Linear(projection.shape[1], projection.shape[0], bias=False)
+    tensors = _tower_layers(state, config) | _final_norm(state, "post_layernorm")
+    tensors |= {
+        "cls_token": state["embeddings.class_embedding"].reshape(1, 1, -1),
+        "norm_pre.weight": state["pre_layrnorm.weight"],
+        "norm_pre.bias": state["pre_layrnorm.bias"],
+        "head.weight": projection,
+    }
     return timm_model, tensors
 
 
@@ -354,6 +496,11 @@ CONVERTERS: dict[str, Callable[[nn.Module, tuple[int, int]], tuple[nn.Module, di
     "Dinov2ForImageClassification": _dinov2,
     "Dinov2WithRegistersForImageClassification": _dinov2,
     "SwinForImageClassification": _swin,
+    "ViTModel": _vit_model,
+    "Dinov2Model": _dinov2_model,
+    "Dinov2WithRegistersModel": _dinov2_model,
+    "SiglipVisionModel": _siglip,
+    "CLIPVisionModelWithProjection": _clip,
 }
 
 

@@ -1,24 +1,28 @@
-"""The transformers adapter: Hugging Face image classifiers (ViT, DeiT, BEiT, DINOv2, Swin).
+"""The transformers adapter: Hugging Face image classifiers (ViT, DeiT, BEiT, DINOv2, Swin) and embedding
+models (ViT, DINOv2, SigLIP and CLIP vision towers).
 
 Claims ``hf:ORG/NAME`` (a Hub id in transformers' format, ``@REVISION`` optional), folders written
 by ``save_pretrained`` (their config.json is a transformers config, with ``model_type``), and
 transformers model objects. The model is converted once into the equivalent timm model
-(``hf_weights``) and its logits checked against the transformers model's own forward on a probe
-input, so every engine, method and command runs on it unchanged. Preprocessing comes from the
-model's image processor (``hf_processor``), class names from ``config.id2label``. transformers
-itself is imported only here, inside the functions, when such a model is named.
+(``hf_weights``) and its output (a classifier's logits, a base model's embedding as its class defines
+it) checked against the transformers model's own forward on a probe input, so every engine, method
+and command runs on it unchanged. Preprocessing comes from the model's image processor
+(``hf_processor``), class names from ``config.id2label``; a multi-label classifier
+(``problem_type``) is read through a sigmoid. transformers itself is imported only here, inside the
+functions, when such a model is named.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from vitcam_cli.errors import ParameterError, UnsupportedModelError, literal
 from vitcam_cli.models import hub
@@ -27,6 +31,18 @@ from vitcam_cli.models.loaded import LoadedModel, ModelSpec
 HUB_PREFIX = "hf:"
 EXTRA_HINT = "transformers is not installed: pip install 'vitcam[transformers]'"
 PROBE_TOLERANCE = 1e-4
+# the embedding each base model's class defines: (its output field, what it is)
+EMBEDDINGS: dict[str, tuple[str, str]] = {
+    "ViTModel": ("pooler_output", "its pooler, dense and {act}, on the final layernorm's CLS token"),
+    "Dinov2Model": ("pooler_output", "the final layernorm's CLS token"),
+    "Dinov2WithRegistersModel": ("pooler_output", "the final layernorm's CLS token"),
+    "SiglipVisionModel": (
+        "pooler_output",
+        "its attention-pooling head (a learned probe attending over the final-layernormed patch tokens, "
+        "then layernorm and MLP)",
+    ),
+    "CLIPVisionModelWithProjection": ("image_embeds", "visual_projection of the post-layernormed CLS token"),
+}
 
 
 def _import_transformers(spec: str) -> Any:
@@ -129,12 +145,12 @@ def _read_config(transformers: Any, spec: str, source: str, options: dict[str, A
 
 
 def _model_class(transformers: Any, config: Any, spec: str) -> Any:
-    from vitcam_cli.models.hf_weights import ARCHITECTURES, SUPPORTED_CLASSES
+    from vitcam_cli.models.hf_weights import ARCHITECTURES, EMBEDDERS, SUPPORTED_CLASSES
 
     architectures = list(getattr(config, "architectures", None) or [])
     if not architectures:
         raise ParameterError("model", f"its config.json names no architectures; {SUPPORTED_CLASSES}", spec)
-    if architectures[0] not in ARCHITECTURES:
+    if architectures[0] not in ARCHITECTURES + EMBEDDERS:
         raise ParameterError("model", f"{architectures[0]} is not supported; {SUPPORTED_CLASSES}", spec)
     return getattr(transformers, architectures[0])
 
@@ -169,7 +185,7 @@ def _read_model(model_class: Any, config: Any, spec: ModelSpec, source: str, opt
             "model.safetensors next to config.json",
             spec.name,
         ) from error
-    missing = sorted(info.get("missing_keys") or [])
+    missing = _without_pooler(model, sorted(info.get("missing_keys") or []))
     if missing:  # transformers would fill them with random values
         raise ParameterError(
             "model",
@@ -178,6 +194,15 @@ def _read_model(model_class: Any, config: Any, spec: ModelSpec, source: str, opt
             spec.name,
         )
     return model
+
+
+def _without_pooler(model: nn.Module, missing: list[str]) -> list[str]:
+    """A ViTModel whose weights lack only its pooler (DINO's ViTs ship without it) is the model built
+    with ``add_pooling_layer=False``: its embedding is then the final layernorm's CLS token."""
+    if type(model).__name__ != "ViTModel" or not missing or any(not k.startswith("pooler.") for k in missing):
+        return missing
+    model.pooler = None
+    return []
 
 
 def _refuse_timm_options(spec: ModelSpec) -> None:
@@ -247,25 +272,51 @@ def _input_size(model: nn.Module, data_config: dict[str, Any], name: str) -> tup
     return size
 
 
+def _embedding(model: nn.Module) -> tuple[str, Callable[[Any], Tensor]] | None:
+    """A base model's embedding as its class defines it: a one-line description and how to read it from
+    the model's output; None for a classifier, whose output is its logits."""
+    architecture = type(model).__name__
+    if architecture == "ViTModel" and model.pooler is None:
+        return (
+            "the final layernorm's CLS token of ViTModel (last_hidden_state[:, 0]): the model has no pooling "
+            "layer, so no pooler_output",
+            lambda outputs: outputs.last_hidden_state[:, 0],
+        )
+    if architecture not in EMBEDDINGS:
+        return None
+    field, what = EMBEDDINGS[architecture]
+    what = what.format(act=getattr(model.config, "pooler_act", ""))
+    return f"transformers' {field} of {architecture}: {what}", attrgetter(field)
+
+
 @torch.inference_mode()
-def _check_probe(model: nn.Module, converted: nn.Module, size: tuple[int, int], name: str) -> None:
-    """The converted model must give the transformers model's own logits on a random image."""
+def _check_probe(
+    model: nn.Module, converted: nn.Module, size: tuple[int, int], name: str, read: Callable[[Any], Tensor]
+) -> None:
+    """The converted model must give the transformers model's own output (``read`` from its forward's
+    result: logits, or the embedding) on a random image."""
     device = next(model.parameters()).device
     probe = torch.randn((1, 3, *size), generator=torch.Generator().manual_seed(0))
-    expected = model(pixel_values=probe.to(device)).logits.float().cpu()
+    expected = read(model(pixel_values=probe.to(device))).float().cpu()
     actual = converted(probe)
     if not torch.allclose(actual, expected, rtol=PROBE_TOLERANCE, atol=PROBE_TOLERANCE):
         difference = float((actual - expected).abs().max())
         raise UnsupportedModelError(
-            f"{name}: its timm conversion gives other logits than transformers' forward (by "
+            f"{name}: its timm conversion gives other outputs than transformers' forward (by "
             f"{difference:.2g}); this configuration of the model is not supported"
         )
+
+
+def _class_names(config: Any) -> list[str]:
+    labels = config.id2label
+    return [str(labels.get(i, labels.get(str(i), i))) for i in range(len(labels))]
 
 
 def wrap(
     model: nn.Module, device: torch.device | str = "cpu", name: str | None = None, image_processor: Any = None
 ) -> LoadedModel:
-    """A transformers classifier in memory, converted to its timm equivalent and ready to explain."""
+    """A transformers classifier or embedding model in memory, converted to its timm equivalent and ready
+    to explain."""
     from timm.data import create_transform
 
     from vitcam_cli.engine.stages import model_layout
@@ -286,11 +337,12 @@ def wrap(
         raise UnsupportedModelError(
             f"{name}: its weights do not fit the {architecture} its config describes ({_first_line(error)})"
         ) from error
-    _check_probe(model, converted, size, name)
+    embedding = _embedding(model)
+    description, read = embedding if embedding is not None else (None, attrgetter("logits"))
+    _check_probe(model, converted, size, name, read)
     layout = model_layout(converted)
     converted.to(device)
-    labels = model.config.id2label
-    class_names = [str(labels.get(i, labels.get(str(i), i))) for i in range(len(labels))]
+    class_names = [] if description is not None else _class_names(model.config)
     info = {
         "model": name,
         "architecture": architecture,
@@ -301,6 +353,10 @@ def wrap(
         "input_size": list(data_config["input_size"]),
         "grid": list(layout.grid),
         "prefix_tokens": layout.num_prefix,
-    }
+    } | ({"embedding": description} if description is not None else {})
     transform = create_transform(**data_config, is_training=False)
-    return LoadedModel(converted, name, layout, data_config, transform, class_names, [], info)
+    loaded = LoadedModel(
+        converted, name, layout, data_config, transform, class_names, [], info, embedding=description
+    )
+    multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
+    return loaded.with_reading("sigmoid") if multi_label and description is None else loaded
