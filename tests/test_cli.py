@@ -280,7 +280,7 @@ def test_debug_shows_the_traceback(small_folder, tmp_path):
             ("-m", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--device", "cuda:7"),
             "--device",
         ),
-        (("-m", "not_a_model_at_all"), "not a timm model name"),
+        (("-m", "not_a_model_at_all"), "not a bundled or timm model name"),
         ((), "--model is required"),
     ],
 )
@@ -405,3 +405,160 @@ def test_adcc_per_row_in_summary_and_report(tiny_model, small_folder, tmp_path):
     assert explain(tiny_model, str(small_folder), "-o", str(quick), "--no-adcc")[0] == 0
     assert all(row["adcc"] is None for row in rows_of(quick))
     assert json.loads((quick / "summary.json").read_text())["adcc"] is None
+
+
+MODEL_FORMS = (
+    "fashion-vit",
+    "fashion-swin",
+    "hf-hub:ORG/NAME",
+    "local-dir:PATH",
+    "hf:ORG/NAME",
+    "open_clip:ARCH",
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "suggested"),
+    [
+        ("fashon-vit", "fashion-vit"),
+        ("Fashion-Swin", "fashion-swin"),
+        ("vit_tiny_patch16_22.augreg_in21k", "vit_tiny_patch16_224.augreg_in21k"),
+    ],
+)
+def test_a_misspelt_model_name_gets_a_suggestion_and_every_model_form(
+    small_folder, tmp_path, name, suggested
+):
+    code, _, stderr = run("explain", small_folder, "--model", name, "--workers", "0", "-o", tmp_path / "o")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith(f"error: --model {name}: ") and f"(did you mean {suggested}" in stderr
+    assert all(form in stderr for form in MODEL_FORMS), stderr
+
+
+def test_a_misspelt_pretrained_tag_gets_a_suggestion(small_folder, tmp_path):
+    name = "vit_tiny_patch16_224.augreg_in21"
+    code, _, stderr = run("explain", small_folder, "--model", name, "--workers", "0", "-o", tmp_path / "o")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith(
+        f"error: --model {name}: not a pretrained tag of vit_tiny_patch16_224 (did you mean "
+        "vit_tiny_patch16_224.augreg_in21k"
+    ), stderr
+
+
+def test_help_and_the_missing_model_name_every_model_form(small_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, stdout, _ = run("explain", "--help")
+    lines = stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if "--model" in line)
+    last = next(i for i, line in enumerate(lines) if "--checkpoint" in line)
+    model_help = " ".join(line.strip("│ ") for line in lines[first:last])
+    assert code == 0 and all(form in model_help for form in MODEL_FORMS), model_help
+    code, _, stderr = run("explain", small_folder, "-o", tmp_path / "o")
+    assert code == 2 and stderr.startswith("error: --model is required: ")
+    assert all(form in stderr for form in MODEL_FORMS), stderr
+
+
+def test_an_unknown_class_lists_the_classes_and_suggests_close_names(tiny_model, small_folder, tmp_path):
+    code, _, stderr = explain(tiny_model, str(small_folder), "-o", str(tmp_path / "o"), "--class", "DOGG")
+    assert code == 2
+    assert stderr == (
+        "error: class 'DOGG' is not one of the model's 5 classes (did you mean 'dog'?); they are 'cat', "
+        "'dog', 'bird', 'fish', 'horse', or pass an index from 0 to 4\n"
+    )
+
+
+def test_an_unknown_class_of_many_lists_the_first_ones(small_folder, tmp_path):
+    imagenet = ("-m", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--workers", "0")
+    code, _, stderr = run("explain", small_folder, *imagenet, "-o", tmp_path / "o", "--class", "Tabby Kat")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith(
+        "error: class 'Tabby Kat' is not one of the model's 1000 classes (did you mean 'tabby, tabby cat'"
+    )
+    assert "they are 'tench, Tinca tinca', 'goldfish, Carassius auratus', " in stderr
+    assert stderr.endswith(
+        "'hen', 'ostrich, Struthio camelus' ... and 990 more, or pass an index from 0 to 999\n"
+    ), stderr
+
+
+def test_an_unknown_class_in_a_labels_file_names_its_line(tiny_model, small_folder, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\na.png,dog\nb.jpg,Hors\n")
+    code, _, stderr = explain(tiny_model, str(small_folder), "-o", str(tmp_path / "o"), "--labels", labels)
+    assert code == 2
+    assert stderr.startswith(
+        f"error: --labels {labels}: line 3: class 'Hors' is not one of the model's 5 classes (did you mean "
+        "'horse'?); they are 'cat', "
+    ), stderr
+
+
+def test_a_class_name_for_a_model_without_names_says_how_to_name_them(small_folder, tmp_path):
+    nameless = ("-m", "vit_tiny_patch16_224", "--no-pretrained", "--num-classes", "5", "--img-size", "32")
+    code, _, stderr = run(
+        "explain", small_folder, *nameless, "--workers", "0", "-o", tmp_path / "o", "--class", "tapir"
+    )
+    assert code == 2
+    assert stderr == (
+        "error: class 'tapir' is not a class name: the model has none; pass an index from 0 to 4, or name "
+        "its classes with --class-names\n"
+    )
+
+
+HELP_PAGES = [(), ("explain",), ("evaluate",), ("merge",), ("bench",)]
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+@pytest.mark.parametrize("page", HELP_PAGES)
+def test_help_pages_show_every_option_whole_at_80_and_120_columns(monkeypatch, page, columns):
+    from typer.main import get_command
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    code, stdout, _ = run(*page, "--help")
+    assert code == 0
+    assert all(len(line) <= columns for line in stdout.splitlines())
+    assert "…" not in stdout and "<bool>" not in stdout, stdout
+    command = get_command(app)
+    command = command.commands[page[0]] if page else command
+    shown = set(stdout.replace("│", " ").split())
+    for param in command.params:
+        for name in (*param.opts, *param.secondary_opts):
+            assert not name.startswith("-") or name in shown, (name, stdout)
+
+
+def test_top_level_help_lists_each_command_by_its_summary(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, stdout, _ = run("--help")
+    assert code == 0 and "Exit codes" not in stdout
+    summaries = {
+        line.split()[1]: line for line in stdout.splitlines() if line.startswith("│ ") and "  " in line
+    }
+    assert "report.html" in summaries["explain"] and "report.html" in summaries["merge"], stdout
+
+
+def test_method_help_names_every_preset(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    for command, flag in (("explain", "--method"), ("evaluate", "--methods")):
+        _, stdout, _ = run(command, "--help")
+        lines = stdout.splitlines()
+        first = next(i for i, line in enumerate(lines) if line.lstrip("│ ").startswith(flag + " "))
+        block = " ".join(line.strip("│ ") for line in lines[first : first + 6])
+        assert "official, otx, openvino-xai or discriminative" in block, block
+
+
+def test_command_descriptions_flow_whatever_the_source_line_breaks(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    _, stdout, _ = run("evaluate", "--help")
+    assert "Exit codes: 0 ok, 1 some inputs failed or the --fail-under gate failed, 2 usage" in stdout, stdout
+
+
+def test_the_summary_says_what_each_adcc_is_and_fits_an_80_column_log(tiny_model, small_folder, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # what a log gets: rich draws for 80 columns off a terminal
+    out = small_folder.parent / ("a-long-output-folder-name-" * 3)
+    code, _, stderr = run(
+        "explain", small_folder, "-m", f"local-dir:{tiny_model}", "-o", out, "--workers", "0"
+    )
+    assert code == 0, stderr
+    table = stderr[stderr.index("vitcam explain") :].splitlines()
+    assert max(len(line) for line in table) <= 80, stderr
+    rows = {line.strip("│ ").split("│")[0].strip(): line for line in table if line.count("│") == 3}
+    for label in ("ADCC of the mean parts", "mean of per-image ADCC", "mean coherency / complexity"):
+        assert label in rows, stderr
+    assert "ADCC (of means / mean)" not in stderr

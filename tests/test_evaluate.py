@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -182,7 +183,9 @@ def test_evaluate_report_renders_in_a_real_browser(tiny_model, labelled, tmp_pat
     dom = rendered_dom(out / "report.html")
     body = _body_attributes(dom)
     assert body["data-ready"] == "1"
-    assert body["data-images-loaded"] == body["data-images-total"] == "30"  # 10 images x 3 methods
+    assert (
+        body["data-images-loaded"] == body["data-images-total"] == "40"
+    )  # 10 images x (original + 3 methods)
     assert '<table id="summary"' in dom and "reciprocam:openvino-xai" in dom and "rollout" in dom
     png = Path(__file__).parents[1] / "test-artifacts" / "evaluate-report.png"
     screenshot(out / "report.html", png)
@@ -245,3 +248,42 @@ def test_bootstrap_matches_a_plain_resampling():
     assert intervals["adcc"] == pytest.approx(
         (np.percentile(combined, 2.5), np.percentile(combined, 97.5)), rel=1e-5
     )
+
+
+def test_a_log_gets_each_progress_line_once_and_the_header_whole(tiny_model, labelled, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # what a log gets: rich draws for 80 columns off a terminal
+    monkeypatch.setattr("vitcam_cli.runner.PROGRESS_EVERY_S", 0.0)  # a line after every batch
+    code, _, stderr = run(
+        "evaluate", labelled / "images", "--model", f"local-dir:{tiny_model}", "-o", tmp_path / "out",
+        "--workers", "0", "--steps", "2", "--batch-size", "4",
+    )  # fmt: skip
+    assert code == 0, stderr
+    lines = stderr.splitlines()
+    progress = [line.split(" images,")[0] for line in lines if line.startswith("evaluating: ")]
+    assert progress == ["evaluating: 4/10", "evaluating: 8/10", "evaluating: 10/10"], stderr
+    assert "vitcam evaluate: 10 images, target predicted, poppi protocol" in lines, stderr
+    legend = " ".join(lines[lines.index(next(line for line in lines if line.startswith("└"))) + 1 :])
+    assert "adcc: ADCC of the mean parts" in legend and "adcc_mean: the mean of per-image ADCC" in legend, (
+        stderr
+    )
+    assert max(len(line) for line in lines if not line.startswith("evaluating: ")) <= 80, stderr
+
+
+def test_report_cards_show_the_original_once_and_each_methods_name(tiny_model, labelled, tmp_path):
+    from tests.test_report import _cards, _heading, _original_size
+
+    out = tmp_path / "out"
+    code, _, stderr = evaluate(tiny_model, labelled, out, "--methods", "reciprocam,gradcam", "--limit", "3",
+                               "--no-insertion-deletion", "--shard", "0/1")  # fmt: skip
+    assert code == 0, stderr
+    code, _, stderr = run("merge", out, "-q")  # the cards travel through the shard's part file
+    assert code == 0, stderr
+    page = (out / "report.html").read_text(encoding="utf-8")
+    cards = _cards(page)
+    assert len(cards) == 3
+    for path, card in cards.items():
+        assert _heading(card) == Path(path).name and card.count('<figure class="original">') == 1
+        assert _original_size(card) == Image.open(path).size
+        methods = re.findall(r'<div class="method">(.*?)</div>', card)
+        assert methods == ["reciprocam:openvino-xai", "gradcam"]
+    assert "<dt>methods</dt><dd>reciprocam:openvino-xai, gradcam</dd>" in page

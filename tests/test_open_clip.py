@@ -58,6 +58,8 @@ CONFIGS = {
         "vision_cfg": {**VISION, "image_size": [32, 48], "ls_init_value": 0.5, "pool_type": "avg"},
         "text_cfg": TEXT,
     },
+    # another width: no tensor of its image tower has vitcam-tiny-clip's shape
+    "vitcam-tiny-clip-wide": {"embed_dim": 16, "vision_cfg": {**VISION, "width": 48}, "text_cfg": TEXT},
     # a tower vitcam cannot convert exactly: attentional pooling
     "vitcam-tiny-clip-attnpool": {
         "embed_dim": 16,
@@ -567,17 +569,47 @@ def test_bad_input_is_one_line(folder, tmp_path, args, message):
     assert stderr.startswith(f"error: {message}") and stderr.count("\n") == 1, stderr
 
 
-def test_a_checkpoint_of_another_architecture_is_one_line(folder, tmp_path):
-    checkpoint = tmp_path / "other.pt"
-    torch.save(tiny_clip("vitcam-tiny-clip-bias").state_dict(), checkpoint)
+def _load_as(folder: Path, tmp_path: Path, trained_as: str, loaded_as: str) -> tuple[Path, int, str]:
+    """Explain with a checkpoint of ``trained_as`` passed as ``loaded_as``: (checkpoint, code, stderr)."""
+    checkpoint = tmp_path / f"{trained_as}.pt"
+    torch.save(tiny_clip(trained_as).state_dict(), checkpoint)
     code, _, stderr = run(
-        "explain", folder, "--model", "open_clip:vitcam-tiny-clip", "--checkpoint", checkpoint,
+        "explain", folder, "--model", f"open_clip:{loaded_as}", "--checkpoint", checkpoint,
         "--class-names", tmp_path / "texts.txt", "--workers", "0", "-q", "-o", tmp_path / "o",
     )  # fmt: skip
+    return checkpoint, code, stderr
+
+
+def test_a_checkpoint_of_another_architecture_names_the_keys_and_the_architecture_it_fits(folder, tmp_path):
+    checkpoint, code, stderr = _load_as(folder, tmp_path, "vitcam-tiny-clip-bias", "vitcam-tiny-clip")
+    assert code == 2 and stderr.count("\n") == 1, stderr
+    assert stderr == (
+        f"error: --checkpoint {checkpoint}: is not an open_clip state dict of vitcam-tiny-clip: "
+        "7 unexpected keys (logit_bias, visual.transformer.resblocks.0.ls_1.gamma, "
+        "visual.transformer.resblocks.0.ls_2.gamma, ...); it fits open_clip:vitcam-tiny-clip-bias: pass that "
+        "as --model\n"
+    )
+
+
+def test_a_checkpoint_of_another_width_names_the_shapes(folder, tmp_path):
+    checkpoint, code, stderr = _load_as(folder, tmp_path, "vitcam-tiny-clip-wide", "vitcam-tiny-clip")
     assert code == 2 and stderr.count("\n") == 1, stderr
     assert stderr.startswith(
-        f"error: --checkpoint {checkpoint}: is not an open_clip state dict of vitcam-tiny-clip"
-    )
+        f"error: --checkpoint {checkpoint}: is not an open_clip state dict of vitcam-tiny-clip: "
+        "44 tensors of other shapes, the checkpoint's vs the model's (visual.class_embedding: 48 vs 32, "
+        "visual.positional_embedding: 17x48 vs 17x32, visual.proj: 48x16 vs 32x16, ...); "
+    ), stderr
+    assert stderr.endswith("; it fits open_clip:vitcam-tiny-clip-wide: pass that as --model\n"), stderr
+
+
+def test_a_checkpoint_missing_keys_says_so(folder, tmp_path):
+    checkpoint, code, stderr = _load_as(folder, tmp_path, "vitcam-tiny-clip", "vitcam-tiny-clip-bias")
+    assert code == 2 and stderr.count("\n") == 1, stderr
+    assert stderr.startswith(
+        f"error: --checkpoint {checkpoint}: is not an open_clip state dict of vitcam-tiny-clip-bias: "
+        "6 missing keys (visual.transformer.resblocks.0.ls_1.gamma, "
+    ), stderr
+    assert "Error(s) in loading" not in stderr and "it fits open_clip:vitcam-tiny-clip:" in stderr, stderr
 
 
 def test_without_open_clip_installed_is_one_line(folder, tmp_path, monkeypatch):

@@ -151,7 +151,7 @@ def test_no_overlays_writes_rows_maps_and_a_report_with_thumbnails(tiny_model, p
     rows = rows_of(out)
     assert len(rows) == 4 and all(row["overlay"] is None and row["map"] for row in rows)
     assert not (out / "overlays").exists()
-    assert (out / "report.html").read_text().count("data:image/jpeg;base64") == 4
+    assert (out / "report.html").read_text().count("data:image/jpeg;base64") == 8  # each photo, its map
     (out / rows[0]["map"]).unlink()  # resuming redoes what lacks a file, and needs no overlays
     code, _, stderr = explain(
         tiny_model, str(photos), "-o", str(out), "--no-overlays", "--save-maps", "--skip-existing"

@@ -227,7 +227,7 @@ def _browser_report(folder: Path) -> Path:
 
 
 def _titles(dom: str) -> list[str]:
-    return [html.unescape(title) for title in re.findall(r"<h3>(.*?)</h3>", dom)]
+    return [html.unescape(title) for title in re.findall(r"<h3[^>]*>(.*?)</h3>", dom)]
 
 
 def _body_attributes(dom: str) -> dict[str, str]:
@@ -291,3 +291,58 @@ def test_sort_controls_in_a_real_browser(tmp_path):
     assert body["data-by-drop-flipped"].split("|") == [*TITLES, "Ascending (best first)"]
     # back to ADCC (ascending again), now by gradcam's values: 1.0, 0.9, ... 0.5
     assert body["data-by-other-method"].split("|") == [*reversed(TITLES), "Ascending (worst first)"]
+
+
+HOSTILE_FILE = "<script>alert(1).png"  # a file name can hold markup (not '/')
+
+
+def _cards(page: str) -> dict[str, str]:
+    """Each gallery card's markup by its heading's full path (the title attribute)."""
+    cards = re.findall(r'<article class="card.*?</article>', page, re.S)
+    return {html.unescape(re.search(r'<h3 title="([^"]*)"', card).group(1)): card for card in cards}
+
+
+def _heading(card: str) -> str:
+    return html.unescape(re.search(r"<h3[^>]*>(.*?)</h3>", card).group(1))
+
+
+def _original_size(card: str) -> tuple[int, int]:
+    figure = re.search(r'<figure class="original"><img src="data:image/jpeg;base64,([^"]*)"', card)
+    return Image.open(io.BytesIO(base64.b64decode(figure.group(1)))).size
+
+
+def test_explain_cards_show_the_file_name_the_original_and_the_method_once(
+    tiny_model, small_folder, tmp_path
+):
+    from tests.test_cli import explain
+
+    Image.fromarray(_overlay(7, 36, 54)).save(small_folder / HOSTILE_FILE)
+    out = tmp_path / "out"
+    code, _, stderr = explain(tiny_model, str(small_folder), "-o", str(out))
+    assert code == 0, stderr
+    page = (out / "report.html").read_text(encoding="utf-8")
+    cards = _cards(page)
+    files = {"a.png": (60, 40), "b.jpg": (50, 50), "sub/c.png": (45, 30), HOSTILE_FILE: (54, 36)}
+    assert set(cards) == {str(small_folder / name) for name in files}
+    for name, size in files.items():
+        card = cards[str(small_folder / name)]
+        assert _heading(card) == Path(name).name  # the whole path is the heading's tooltip
+        assert card.count('<figure class="original">') == 1 and card.count('<figure class="panel"') == 1
+        assert _original_size(card) == size
+    assert 'class="method"' not in page and "<dt>method</dt><dd>ViT-ReciproCAM" in page
+    assert "<script>alert" not in page and page.count("<script") == 1
+
+
+def test_merged_shards_show_originals_where_the_images_still_are(tiny_model, small_folder, tmp_path):
+    from tests.test_cli import explain, run
+
+    out = tmp_path / "out"
+    for index in range(2):
+        assert explain(tiny_model, str(small_folder), "-o", str(out), "--shard", f"{index}/2")[0] == 0
+    (small_folder / "b.jpg").unlink()  # gone before the merge: its card keeps the overlay alone
+    code, _, stderr = run("merge", out, "-q")
+    assert code == 0, stderr
+    cards = _cards((out / "report.html").read_text(encoding="utf-8"))
+    assert len(cards) == 3 and all(card.count('<figure class="panel"') == 1 for card in cards.values())
+    assert _original_size(cards[str(small_folder / "a.png")]) == (60, 40)
+    assert 'class="original"' not in cards[str(small_folder / "b.jpg")]

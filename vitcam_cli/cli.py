@@ -27,14 +27,6 @@ from vitcam_cli.config import load_config
 from vitcam_cli.errors import ParameterError, VitcamError, naming
 from vitcam_cli.interrupts import INTERRUPTED_EXIT_CODES, interrupted_exit_code
 
-app = typer.Typer(
-    name="vitcam",
-    help="Fast, exact ViT-ReciproCAM explanations for timm Vision Transformers, for whole folders of images.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-
 MODEL, METHOD, TARGETS, OUTPUT, RUN, DATA, METRICS = (
     "Model", "ViT-ReciproCAM", "Classes to explain", "Output", "Run", "Data", "Metrics",
 )  # fmt: skip
@@ -78,19 +70,63 @@ def _tidy(param: Any) -> None:
     param.show_default = False
 
 
-class TidyCommand(typer.core.TyperCommand):
-    """A command whose --help shows every option the same way (see ``_tidy``)."""
+@contextlib.contextmanager
+def _stacked_flag_pairs(params: list[Any]) -> Iterator[None]:
+    """While --help is drawn: each ``--x/--no-x`` pair shown in one column, one name above the other, so
+    that no option name is cut short at 80 columns (the parser keeps reading both)."""
+    pairs = [(param, param.opts, param.secondary_opts) for param in params if param.secondary_opts]
+    for param, opts, secondary in pairs:
+        long = [name for name in opts if name.startswith("--")]
+        param.opts = ["\n".join([*long, *secondary]), *(name for name in opts if name not in long)]
+        param.secondary_opts = []
+    try:
+        yield
+    finally:
+        for param, opts, secondary in pairs:
+            param.opts, param.secondary_opts = opts, secondary
+
+
+class _Tidy:
+    """--help that shows every option the same way (see ``_tidy``), --help itself as a bare flag."""
+
+    params: list[Any]
+    help: str | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for param in self.params:
             _tidy(param)
+        if self.help:  # docstring lines break where the source does: let each paragraph flow instead
+            paragraphs = inspect.cleandoc(self.help).split("\n\n")
+            self.help = "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
 
     def get_help_option(self, ctx: click.Context) -> Any:
         option = super().get_help_option(ctx)
         if option is not None:
             option.metavar = ""
         return option
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with _stacked_flag_pairs(self.params):
+            super().format_help(ctx, formatter)
+
+
+class TidyCommand(_Tidy, typer.core.TyperCommand):
+    """A command whose --help shows every option the same way."""
+
+
+class TidyGroup(_Tidy, typer.core.TyperGroup):
+    """``vitcam`` itself: --version and --help shown as the commands show their flags."""
+
+
+app = typer.Typer(
+    name="vitcam",
+    cls=TidyGroup,
+    help="Fast, exact ViT-ReciproCAM explanations for timm Vision Transformers, for whole folders of images.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 
 
 def _config_callback(ctx: typer.Context, value: Path | None) -> Path | None:
@@ -122,8 +158,7 @@ ModelOption = Annotated[
     str | None,
     typer.Option(
         "--model", "-m", rich_help_panel=MODEL,
-        help="timm model name, hf-hub:ORG/NAME, local-dir:PATH, a folder with config.json, or "
-        "open_clip:ARCH (zero-shot CLIP: the classes are the --class-names texts).",
+        help=f"The model: {D.MODEL_FORMS}. With open_clip:ARCH the classes are the --class-names texts.",
     ),
 ]  # fmt: skip
 CheckpointOption = Annotated[
@@ -168,7 +203,8 @@ VariantOption = Annotated[
     typer.Option(help=f"{VARIANT_HELP} (default: {D.DEFAULT_PRESET})", rich_help_panel=METHOD),
 ]
 METHOD_FORMS = (
-    "reciprocam[:PRESET[:OPTIONS]] with PRESET official, otx or openvino-xai and OPTIONS comma-separated "
+    f"reciprocam[:PRESET[:OPTIONS]] with PRESET {', '.join(D.PRESET_NAMES[:-1])} or {D.PRESET_NAMES[-1]} "
+    "and OPTIONS comma-separated "
     "kernel=gaussian|single, block=N, skip=ln|masked-input|input, score=softmax|logit|contrast, "
     "subtract=none|empty, fuse=N, prefix=keep|reset|zero (e.g. reciprocam:otx:kernel=single,fuse=2); "
     "gradcam; rollout; relevance"
@@ -444,7 +480,7 @@ def model_spec(
     from vitcam_cli.models import ModelSpec
 
     if model is None:
-        raise ParameterError("model", "is required: a timm name, hf-hub:ORG/NAME, local-dir:PATH or a folder")
+        raise ParameterError("model", f"is required: {D.MODEL_FORMS}")
     size = _parse_img_size(img_size)
     zero_shot = {"pretrained_tag": pretrained_tag, "prompts": tuple(prompts or ())}
     return ModelSpec(model, checkpoint, pretrained, num_classes, size, class_names, **zero_shot)
@@ -618,7 +654,7 @@ def explain(
     overlay: Any = None,
     launch: Any = None,
 ) -> None:
-    """Explain every image: overlays/, maps/ (--save-maps), results.jsonl/.csv and summary.json under --out.
+    """Explain every image: overlays/, maps/, results.jsonl/.csv, summary.json and report.html under --out.
 
     Exit codes: 0 all images explained, 1 finished but some inputs failed, 2 usage or model error.
     """
@@ -773,9 +809,11 @@ def merge(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
     debug: DebugOption = False,
 ) -> None:
-    """Combine the finished shards of a '--shard I/N' run: explain's into one results.jsonl/.csv,
-    summary.json and report.html; evaluate's into metrics.json, per_image.csv and report.html.
-    Exit codes: 0 ok, 1 some images failed (or evaluate's --fail-under gate), 2 shards missing or unfinished.
+    """Combine the finished shards of a '--shard I/N' run into one output folder and its report.html.
+
+    explain's shards into one results.jsonl/.csv, summary.json and report.html; evaluate's into
+    metrics.json, per_image.csv and report.html. Exit codes: 0 ok, 1 some images failed (or evaluate's
+    --fail-under gate), 2 shards missing or unfinished.
     """
 
     def action() -> int:

@@ -4,6 +4,15 @@ from here."""
 
 from __future__ import annotations
 
+# models that ship inside the package (vitcam_cli/assets/NAME): they load offline by name
+BUNDLED_MODEL_NAMES = ("fashion-vit", "fashion-swin")
+# every way to name a model, for help texts and errors (each adapter in vitcam_cli/models reads some)
+MODEL_FORMS = (
+    f"a bundled model ({', '.join(BUNDLED_MODEL_NAMES)}), a timm name (NAME or NAME.TAG), "
+    "hf-hub:ORG/NAME or local-dir:PATH (timm), a folder with config.json (timm or transformers), "
+    "hf:ORG/NAME (transformers) or open_clip:ARCH (zero-shot CLIP)"
+)
+
 # ViT-ReciproCAM: the published presets (see methods/reciprocam.py), vitcam's own, and the choices within them
 PUBLISHED_PRESETS = ("official", "otx", "openvino-xai")
 PRESET_NAMES = (*PUBLISHED_PRESETS, "discriminative")

@@ -232,8 +232,12 @@ class _Rate(ProgressColumn):
         return Text(f"{task.speed:.1f} img/s" if task.speed else "")
 
 
+PROGRESS_EVERY_S = 10.0  # in a log: at most one progress line this often (and one at the end)
+
+
 class ProgressLines:
-    """Progress for logs (stderr not a terminal): a plain line now and then, and one at the end.
+    """Progress for logs (stderr not a terminal): a plain line now and then, and one at the end unless
+    the last line already said it all.
 
     Same calls as rich's ``Progress`` for one task: ``add_task``, ``advance``, and a ``with`` block.
     """
@@ -246,6 +250,7 @@ class ProgressLines:
         self.every = every
         self.clock = clock
         self.total = self.done = 0
+        self.shown = -1  # the count the last line reported
         self.started = self.last = 0.0
 
     def add_task(self, description: str, total: int) -> int:
@@ -257,7 +262,8 @@ class ProgressLines:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._line()
+        if self.done != self.shown:
+            self._line()
 
     def advance(self, task: int, count: float = 1) -> None:
         self.done += int(count)
@@ -266,7 +272,7 @@ class ProgressLines:
 
     def _line(self) -> None:
         now = self.clock()
-        self.last = now
+        self.last, self.shown = now, self.done
         elapsed = now - self.started
         rate = self.done / elapsed if elapsed > 0 else 0.0
         left = (self.total - self.done) / rate if rate > 0 else None
@@ -288,7 +294,7 @@ def progress_bar(console: Console, label: str, quiet: bool) -> Progress | Progre
     """done/total, images/s and time left: a live bar on a terminal's stderr, a plain line at most every
     10 s (and at the end) in a log; nothing when quiet."""
     if not quiet and not console.is_terminal:
-        return ProgressLines(console, label)
+        return ProgressLines(console, label, PROGRESS_EVERY_S)
     return Progress(
         TextColumn(label),
         BarColumn(),

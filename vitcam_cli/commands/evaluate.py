@@ -313,7 +313,8 @@ class EvaluationGallery:
         truth = self.truth_of.get(image.item.path)
         label = self.class_names[truth] if isinstance(truth, int) else None
         predicted = self.class_names[next(iter(image.methods.values())).predicted]
-        return Card(str(image.item.path), label, panels, predicted if label is not None else None)
+        shown = predicted if label is not None else None
+        return Card(str(image.item.path), label, panels, shown, thumbnail(image.copy))
 
     def _with_boxes(self, image: ImageResult, overlay: np.ndarray) -> np.ndarray:
         """The overlay with the image's ground-truth boxes drawn on it (clipped to the image)."""
@@ -617,7 +618,7 @@ def finish(out: Path, parts: list[Part], as_json: bool, markdown: bool, quiet: b
     with writing(out, AGAIN):
         _write_report(out, metrics, names, gallery, histograms, failures)
         write_json_atomic(out / "metrics.json", metrics)  # last: a folder with it holds a whole evaluation
-    Console(stderr=True, quiet=quiet).print(_table(metrics, names))
+    _print_table(Console(stderr=True, quiet=quiet), metrics, names)
     if markdown:
         stdout.write(markdown_table(metrics, names) + "\n")
     if as_json:
@@ -690,17 +691,32 @@ def _cell(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
-def _table(metrics: dict[str, Any], names: list[str]) -> Table:
-    columns = _columns(metrics, names)
+ADCC_LEGEND = (
+    "adcc: ADCC of the mean parts (average drop, coherency and complexity averaged over the images, then "
+    "combined); adcc_mean: the mean of per-image ADCC."
+)
+
+
+def _print_table(console: Console, metrics: dict[str, Any], names: list[str]) -> None:
+    """The header on one line (a log does not wrap it to the table's width), the table, and what the
+    two ADCC rows are."""
     dataset = metrics["dataset"]
     accuracy = metrics["methods"][names[0]]["accuracy"]
     protocol = metrics["settings"].get("protocol", "poppi")
-    title = (
+    header = (
         f"vitcam evaluate: {dataset['evaluated']} images, target {metrics['target']}, "
         f"{protocol} protocol" + (f", accuracy {accuracy:.3f}" if accuracy is not None else "")
     )
+    console.print(header, soft_wrap=True, highlight=False)
+    console.print(_table(metrics, names))
+    if "adcc" in _columns(metrics, names):
+        console.print(ADCC_LEGEND, highlight=False)
+
+
+def _table(metrics: dict[str, Any], names: list[str]) -> Table:
+    columns = _columns(metrics, names)
     # metrics down, methods across: long method names break at ':' and ',', never cut at 120 columns
-    table = Table(title=title, title_justify="left")
+    table = Table()
     table.add_column("metric")
     for name in names:
         table.add_column(name.replace(":", ":\n").replace(",", ",\n"), justify="right", overflow="fold")
@@ -737,6 +753,7 @@ def _write_report(
     facts = [
         ("data", metrics["data"]),
         ("model", metrics["model"]["model"]),
+        ("methods", ", ".join(names)),
         ("images", f"{dataset['evaluated']} evaluated, {dataset['failed']} failed"),
         ("target", metrics["target"]),
         ("protocol", PROTOCOL_NOTES[metrics["settings"].get("protocol", "poppi")]),

@@ -152,13 +152,19 @@ def weights_digest_of(*items: str | torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+SHOWN_CLASSES = 10  # class names an error lists before "... and N more"
+
+
 def resolve_class(value: str, class_names: list[str], class_ids: list[str] = ()) -> int:
     """A ``--class`` value: an index, a class id (ImageNet's n01440764), or a class name (case-insensitive;
     any comma-separated synonym)."""
     if value.strip().lstrip("-").isdigit():
         index = int(value)
         if not 0 <= index < len(class_names):
-            raise VitcamError(f"class {index} is out of range: the model has {len(class_names)} classes")
+            raise VitcamError(
+                f"class {index} is out of range: the model has {len(class_names)} classes, "
+                f"0 to {len(class_names) - 1}"
+            )
         return index
     if value.strip() in class_ids:
         return list(class_ids).index(value.strip())
@@ -173,7 +179,33 @@ def resolve_class(value: str, class_names: list[str], class_ids: list[str] = ())
         return synonyms[0]
     if synonyms:
         options = "; ".join(f"{i} ({class_names[i]})" for i in synonyms[:5])
-        raise VitcamError(f"class {value!r} is ambiguous: {options}; pass the index instead")
-    close = difflib.get_close_matches(value, class_names, n=3)
-    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-    raise VitcamError(f"class {value!r} is not one of the model's class names{hint}; pass an index or a name")
+        raise VitcamError(literal(f"class {value!r} is ambiguous: {options}; pass the index instead"))
+    raise _unknown_class(value, class_names)
+
+
+def _unknown_class(value: str, class_names: list[str]) -> VitcamError:
+    """What the classes are, and the names closest to ``value``: the user's way to a valid one."""
+    count = len(class_names)
+    if class_names == [str(i) for i in range(count)]:
+        return VitcamError(
+            f"class {literal(repr(value))} is not a class name: the model has none; pass an index from 0 to "
+            f"{count - 1}, or name its classes with {{class_names}}"
+        )
+    close = _closest(value, class_names)
+    hint = f" (did you mean {' or '.join(repr(name) for name in close)}?)" if close else ""
+    shown = ", ".join(repr(name) for name in class_names[:SHOWN_CLASSES])
+    more = f" ... and {count - SHOWN_CLASSES} more" if count > SHOWN_CLASSES else ""
+    return VitcamError(
+        literal(f"class {value!r} is not one of the model's {count} classes{hint}; they are {shown}{more}")
+        + f", or pass an index from 0 to {count - 1}"
+    )
+
+
+def _closest(value: str, class_names: list[str]) -> list[str]:
+    """Up to three class names closest to ``value``, in any case, by the whole name or any synonym."""
+    by_text: dict[str, int] = {}
+    for index, name in enumerate(class_names):
+        for text in (name, *name.split(",")):
+            by_text.setdefault(text.strip().lower(), index)
+    close = difflib.get_close_matches(value.strip().lower(), list(by_text), n=3)
+    return list(dict.fromkeys(class_names[by_text[text]] for text in close))

@@ -19,10 +19,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
-import logging
 import string
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property, partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from vitcam_cli.engine.geometry import token_layout
 from vitcam_cli.errors import ParameterError, UnsupportedModelError, VitcamError, literal
-from vitcam_cli.models import hub
+from vitcam_cli.models import hub, open_clip_fit
 from vitcam_cli.models.loaded import LoadedModel, ModelSpec, read_class_names
 from vitcam_cli.targets import Reading
 
@@ -405,15 +405,6 @@ def _check_hub(open_clip: Any, architecture: str, tag: str) -> None:
     )
 
 
-@contextlib.contextmanager
-def _no_warnings() -> Iterator[None]:
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
-
-
 def _reason(error: Exception) -> str:
     """An exception's type and first line, as words in a message."""
     first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
@@ -424,7 +415,8 @@ def _create(open_clip: Any, architecture: str, spec: ModelSpec) -> nn.Module:
     """``open_clip.create_model`` with seeded random weights, its failures as one clear line."""
     weights = _weights(open_clip, architecture, spec)
     size = {"force_image_size": spec.img_size} if spec.img_size is not None else {}
-    quiet = contextlib.nullcontext() if weights else _no_warnings()  # "initialized randomly": as asked
+    # without weights open_clip warns "initialized randomly": as asked
+    quiet = contextlib.nullcontext() if weights else open_clip_fit.no_warnings()
     try:
         with torch.random.fork_rng(devices=[]), quiet:
             torch.manual_seed(0)
@@ -432,14 +424,32 @@ def _create(open_clip: Any, architecture: str, spec: ModelSpec) -> nn.Module:
     except Exception as error:
         reason = _reason(error)
         if spec.checkpoint is not None:
-            raise ParameterError(
-                "checkpoint", f"is not an open_clip state dict of {architecture} ({reason})", spec.checkpoint
-            ) from error
+            raise _checkpoint_error(open_clip, architecture, spec.checkpoint, reason) from error
         if weights is not None:
             raise ParameterError(
                 "pretrained_tag", f"cannot load these weights ({reason}); offline and not cached?", weights
             ) from error
         raise ParameterError("model", f"cannot build it ({reason})", spec.name) from error
+
+
+def _checkpoint_error(open_clip: Any, architecture: str, checkpoint: Path, reason: str) -> ParameterError:
+    """A checkpoint open_clip refused: the tensors that differ from the architecture's and the
+    architectures it fits, where it can be read; otherwise open_clip's own first line."""
+    found = open_clip_fit.checkpoint_shapes(open_clip, checkpoint)
+    expected = open_clip_fit.model_shapes(open_clip, architecture)
+    differ = open_clip_fit.differences(found, expected) if found and expected else None
+    if not differ:
+        return ParameterError(
+            "checkpoint", f"is not an open_clip state dict of {architecture} ({reason})", checkpoint
+        )
+    fits = [PREFIX + name for name in open_clip_fit.fitting(open_clip, found, architecture)]
+    fix = (
+        f"it fits {' or '.join(fits)}: pass {'that' if len(fits) == 1 else 'one of them'} as {{model}}"
+        if fits
+        else "pass the open_clip:ARCH it was trained as to {model} (open_clip.list_models() names them)"
+    )
+    problem = f"is not an open_clip state dict of {architecture}: {literal(differ.describe())}; {fix}"
+    return ParameterError("checkpoint", problem, checkpoint)
 
 
 def _class_texts(spec: ModelSpec) -> tuple[list[str], str]:

@@ -18,6 +18,7 @@ import torch
 from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset, resolve_input_data_config
 from torch import nn
 
+from vitcam_cli.defaults import BUNDLED_MODEL_NAMES, MODEL_FORMS
 from vitcam_cli.engine.stages import model_layout
 from vitcam_cli.errors import ParameterError, VitcamError, literal
 from vitcam_cli.models import hub
@@ -32,7 +33,7 @@ OFFLINE_HINT = (
 
 # models that ship inside the package, in timm's export format: ``--model NAME`` works offline
 ASSETS = Path(__file__).parents[1] / "assets"
-BUNDLED_MODELS = {name: ASSETS / name for name in ("fashion-vit", "fashion-swin")}
+BUNDLED_MODELS = {name: ASSETS / name for name in BUNDLED_MODEL_NAMES}
 
 
 def _export_folder(spec: str, folder: Path) -> str:
@@ -57,16 +58,33 @@ def resolve_model_name(spec: str) -> str:
         raise ParameterError(
             "model", "is a file: pass the architecture as {model} and the file as {checkpoint}", spec
         )
-    if not timm.is_model(spec.split(".")[0]):
-        close = difflib.get_close_matches(spec, timm.list_models(), n=3, cutoff=0.75)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    architecture, dot, _ = spec.partition(".")
+    if not timm.is_model(architecture):
+        names = [*BUNDLED_MODELS, *timm.list_models(), *(timm.list_pretrained() if dot else [])]
+        raise ParameterError(
+            "model", f"not a bundled or timm model name{_did_you_mean(spec, names)}; use {MODEL_FORMS}", spec
+        )
+    if dot:
+        _check_tag(spec, architecture)
+    return spec
+
+
+def _check_tag(spec: str, architecture: str) -> None:
+    """``NAME.TAG`` must name one of timm's pretrained tags of NAME (timm refuses others when it builds)."""
+    tags = timm.list_pretrained(f"{architecture}.*")
+    if spec not in tags:
+        listed = ", ".join(tag.partition(".")[2] for tag in tags) or "none"
         raise ParameterError(
             "model",
-            f"not a timm model name{hint}; use a timm name, hf-hub:ORG/NAME, local-dir:PATH or a folder "
-            "with config.json",
+            f"not a pretrained tag of {architecture}{_did_you_mean(spec, tags)}; its tags: {listed}",
             spec,
         )
-    return spec
+
+
+def _did_you_mean(name: str, names: list[str]) -> str:
+    """`` (did you mean a or b?)`` with the names closest to ``name`` (any case), or nothing."""
+    close = difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.75)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
 def class_ids_for(model: nn.Module) -> list[str]:

@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vitcam_cli.data import decode_reduced, fit_within
 from vitcam_cli.distributed import collect_shards
 from vitcam_cli.errors import VitcamError
 from vitcam_cli.metrics.adcc import PARTS
 from vitcam_cli.outputs.atomic import write_atomic, write_json_atomic, writing
 from vitcam_cli.outputs.folder import mark
 from vitcam_cli.outputs.manifest import Counts, jsonl, read_rows, write_results_csv
-from vitcam_cli.outputs.report import Card, Gallery, Panel, thumbnail
+from vitcam_cli.outputs.report import THUMBNAIL_SIDE, Card, Gallery, Panel, thumbnail
 from vitcam_cli.outputs.rows import Row
 
 # settings every shard of one run must share
@@ -120,9 +121,18 @@ def _write_merged(
     return summary
 
 
+def _original(path: Path) -> bytes:
+    """The input image's thumbnail, read again from its path; b"" once it is gone or unreadable."""
+    try:
+        image, _ = decode_reduced(path, lambda size: fit_within(size, THUMBNAIL_SIDE))
+    except Exception:  # moved, changed or removed since the run: the card keeps its overlay
+        return b""
+    return thumbnail(np.asarray(image))
+
+
 def _gallery(rows: list[Row], destination: Path, method: str, labelled: bool) -> Gallery:
     """The report's worst and best rows by ADCC, thumbnails read back from the overlays on disk (rows
-    without overlays get a card without a picture)."""
+    without overlays get a card without a picture) and from the input images where they still are."""
     gallery = Gallery(limit=100)
     for row in rows:
         if not row.ok:
@@ -135,10 +145,11 @@ def _gallery(rows: list[Row], destination: Path, method: str, labelled: bool) ->
                     picture = thumbnail(np.asarray(image.convert("RGB")))
             metrics = {name: row.metrics[name] for name in PARTS if name in row.metrics}
             panel = Panel(method, picture, row.overlay, row.class_name or "", row.probability or 0.0, metrics)
+            original = _original(Path(row.path))
             if not labelled:
-                return Card(row.path, None, [panel])
+                return Card(row.path, None, [panel], original=original)
             predicted = row.class_name if row.rank == 1 else f"another class (the label ranks {row.rank})"
-            return Card(row.path, row.class_name, [panel], predicted)
+            return Card(row.path, row.class_name, [panel], predicted, original)
 
         value = row.metrics.get("adcc", row.probability)
         gallery.offer(float(value if value is not None else float("nan")), card)

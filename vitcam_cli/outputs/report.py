@@ -49,12 +49,14 @@ class Panel:
 
 @dataclass
 class Card:
-    """One image (and, when several classes are explained, one class) with a panel per method."""
+    """One image (and, when several classes are explained, one class): the image itself, then a panel per
+    method."""
 
     title: str  # the image path as the user gave it
     label: str | None  # the ground-truth class name, when known
     panels: list[Panel]
     predicted: str | None = None  # the predicted class name, when a label is known
+    original: bytes = b""  # the image's thumbnail (encoded), shown before the panels; b"": none
 
     @property
     def wrong(self) -> bool:
@@ -67,18 +69,21 @@ def card_to_dict(card: Card) -> dict[str, Any]:
     panels = [
         {**panel.__dict__, "thumbnail": base64.b64encode(panel.thumbnail).decode()} for panel in card.panels
     ]
-    return {"title": card.title, "label": card.label, "predicted": card.predicted, "panels": panels}
+    fields = {"title": card.title, "label": card.label, "predicted": card.predicted, "panels": panels}
+    return fields | {"original": base64.b64encode(card.original).decode()}
 
 
 def card_from_dict(data: dict[str, Any]) -> Card:
     panels = [
         Panel(**{**panel, "thumbnail": base64.b64decode(panel["thumbnail"])}) for panel in data["panels"]
     ]
-    return Card(data["title"], data["label"], panels, data.get("predicted"))
+    original = base64.b64decode(data.get("original", ""))
+    return Card(data["title"], data["label"], panels, data.get("predicted"), original)
 
 
 def thumbnail(image: np.ndarray, max_side: int = THUMBNAIL_SIDE) -> bytes:
-    """(H, W, 3) uint8 overlay -> JPEG bytes, longer side at most ``max_side``; keeps the page light."""
+    """(H, W, 3) uint8 overlay or image -> JPEG bytes, longer side at most ``max_side``; keeps the page
+    light."""
     picture = Image.fromarray(image)
     picture.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=1.5)
     buffer = io.BytesIO()
@@ -177,6 +182,7 @@ def write_report(
     all (default: as many as given). ``colormap``: the heatmaps' colour scale, drawn as a bar.
     """
     panels = [panel for card in cards for panel in card.panels]
+    methods = list(dict.fromkeys(panel.method for panel in panels))
     sort_metrics = [*_ordered_metrics({name for panel in panels for name in panel.metrics}), "probability"]
     page = _TEMPLATES.get_template("report.html.j2").render(
         title=title,
@@ -191,7 +197,7 @@ def write_report(
         panels=bool(panels),
         sort_metrics=sort_metrics,
         default_metric="adcc" if "adcc" in sort_metrics else sort_metrics[0],
-        methods=list(dict.fromkeys(panel.method for panel in panels)),
+        methods=methods,
         classes=sorted({name for card in cards for name in _card_classes(card)}),
         labelled=any(card.label is not None for card in cards),
         lower_is_better=LOWER_IS_BETTER,
@@ -222,8 +228,12 @@ def _card_classes(card: Card) -> list[str]:
 
 
 def _card_view(card: Card) -> dict[str, Any]:
+    """A card as the template shows it: titled by the file's name, the whole path as its tooltip."""
+    name = Path(card.title).name or card.title
     return {
         "title": card.title,
+        "name": name,
+        "original": _picture(card.original, f"{name}, the image explained") if card.original else None,
         "label": card.label,
         "predicted": card.predicted,
         "wrong": card.wrong,
@@ -245,15 +255,16 @@ def _panel_view(panel: Panel, title: str) -> dict[str, Any]:
         "source": None,
     }
     if panel.thumbnail:
-        picture = Image.open(io.BytesIO(panel.thumbnail))
-        encoded = base64.b64encode(panel.thumbnail).decode("ascii")
-        view |= {
-            "source": f"data:{Image.MIME[picture.format]};base64,{encoded}",
-            "alt": f"{panel.method} heatmap for {panel.class_name} on {title}",
-            "width": picture.width,
-            "height": picture.height,
-        }
+        view |= _picture(panel.thumbnail, f"{panel.method} heatmap for {panel.class_name} on {title}")
     return view
+
+
+def _picture(encoded: bytes, alt: str) -> dict[str, Any]:
+    """An encoded thumbnail as an inline image: its data: URI, size and alternative text."""
+    picture = Image.open(io.BytesIO(encoded))
+    data = base64.b64encode(encoded).decode("ascii")
+    source = f"data:{Image.MIME[picture.format]};base64,{data}"
+    return {"source": source, "alt": alt, "width": picture.width, "height": picture.height}
 
 
 def _distributions(charts: Charts | None) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -351,11 +362,13 @@ button { cursor: pointer; }
 #gallery { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
 .card { flex: 0 1 auto; max-width: 100%; background: var(--paper); border: 1px solid var(--line);
   border-radius: 8px; padding: 10px 12px 12px; }
-.card h3 { width: 0; min-width: 100%; margin: 0 0 2px; font-size: 14px; overflow-wrap: anywhere; }
+.card h3 { width: 0; min-width: 100%; margin: 0 0 2px; font-size: 14px; white-space: nowrap;
+  overflow: hidden; text-overflow: ellipsis; }
 .label { margin: 0 0 6px; color: var(--muted); font-size: 13px; }
 .panels { display: flex; flex-wrap: wrap; gap: 12px; margin-top: 6px; }
-.panel { width: 192px; margin: 0; }
-.panel img { display: block; max-width: 100%; height: auto; margin: 0 auto; border-radius: 4px;
+.panel, .original { width: 192px; margin: 0; }
+.original figcaption { margin-top: 6px; font-size: 12px; color: var(--muted); }
+.panel img, .original img { display: block; max-width: 100%; height: auto; margin: 0 auto; border-radius: 4px;
   background: var(--ground); }
 .panel figcaption { margin-top: 6px; font-size: 12px; }
 .method { font-weight: 600; overflow-wrap: anywhere; }

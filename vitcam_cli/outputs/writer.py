@@ -161,14 +161,15 @@ class ExplainWriter:
                 raw = saliency.numpy().astype(np.float32)
                 self.journal.add(row.map)
                 write_atomic(self.out / row.map, lambda handle, raw=raw: np.save(handle, raw))
-            self._offer(row, functools.partial(self._picture, image, saliency, rendered), predicted)
+            self._offer(row, image, functools.partial(self._picture, image, saliency, rendered), predicted)
         return rows
 
     def _picture(self, image: ImageResult, saliency: torch.Tensor, rendered: np.ndarray | None) -> np.ndarray:
         return self._render(image, saliency) if rendered is None else rendered
 
-    def _offer(self, row: Row, render: Callable[[], np.ndarray], predicted: str) -> None:
-        """Offer the row to the report's gallery, sorted by ADCC (by probability without ADCC)."""
+    def _offer(self, row: Row, image: ImageResult, render: Callable[[], np.ndarray], predicted: str) -> None:
+        """Offer the row to the report's gallery, sorted by ADCC (by probability without ADCC): the image
+        beside its overlay."""
 
         def card() -> Card:
             metrics = {name: row.metrics[name] for name in PARTS if name in row.metrics}
@@ -176,9 +177,10 @@ class ExplainWriter:
             panel = Panel(
                 self.method, picture, row.overlay, row.class_name or "", row.probability or 0.0, metrics
             )
+            original = thumbnail(image.copy)
             if self.labelled:
-                return Card(row.path, row.class_name, [panel], predicted)
-            return Card(row.path, None, [panel])
+                return Card(row.path, row.class_name, [panel], predicted, original)
+            return Card(row.path, None, [panel], original=original)
 
         value = row.metrics.get("adcc", row.probability)
         with self.gallery_lock:
