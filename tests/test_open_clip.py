@@ -1,7 +1,9 @@
-"""Zero-shot CLIP (``open_clip:ARCH`` and open_clip objects): logits and maps equal to open_clip's own
-model, preprocessing equal to open_clip's transform, and every path through the real entry points.
+"""Zero-shot CLIP and SigLIP (``open_clip:ARCH`` and open_clip objects): logits, image embeddings and maps
+equal to open_clip's own model, preprocessing equal to open_clip's transform, and every path through the
+real entry points.
 
-The models are tiny open_clip configs registered with ``open_clip.add_model_config``, random weights.
+The models are tiny open_clip configs registered with ``open_clip.add_model_config``, random weights; the
+SigLIP-shaped ones run on a tiny timm ViT registered here, with CLIP's tokenizer (SigLIP's is downloaded).
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import open_clip
@@ -19,15 +22,32 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from timm.models import register_model
+from timm.models.vision_transformer import VisionTransformer, _create_vision_transformer
+from torch import Tensor, nn
 
 from tests.conftest import noise
 from tests.models import scramble
 from tests.test_cli import rows_of, run
 from vitcam_cli import Explainer
 from vitcam_cli.errors import UnsupportedModelError, VitcamError
+from vitcam_cli.methods.reciprocam import PRESETS as SETTINGS
+from vitcam_cli.methods.reciprocam import ReciproCAM
+from vitcam_cli.models import ModelSpec, wrap_model
+from vitcam_cli.targets import Reading
 
 TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
 VISION = {"image_size": 32, "layers": 3, "width": 32, "head_width": 16, "patch_size": 8}
+# SigLIP's towers: a timm ViT trunk (no class token, attention-pool head), a logit bias, a text tower
+# without causal mask. No 'siglip' in the names: open_clip would fetch its tokenizer
+SIGMOID = "vitcam-tiny-sigmoid-clip"
+TRUNK = {
+    "image_size": [32, 48],
+    "timm_model_name": "vitcam_tiny_siglip",
+    "timm_pool": "map",
+    "timm_proj": "none",
+}
+SIGMOID_TEXT = {**TEXT, "no_causal_mask": True, "proj_bias": True}
 CONFIGS = {
     # OpenAI-style: QuickGELU, class-token pooling
     "vitcam-tiny-clip": {"embed_dim": 16, "quick_gelu": True, "vision_cfg": VISION, "text_cfg": TEXT},
@@ -46,7 +66,46 @@ CONFIGS = {
         "vision_cfg": {**VISION, "attentional_pool": True, "attn_pooler_queries": 4, "attn_pooler_heads": 2},
         "text_cfg": TEXT,
     },
+    # SigLIP: the trunk's attention-pool latent is the embedding
+    SIGMOID: {
+        "embed_dim": 32,
+        "init_logit_bias": -2.0,
+        "custom_text": True,
+        "vision_cfg": TRUNK,
+        "text_cfg": SIGMOID_TEXT,
+    },
+    # a timm trunk with open_clip's own projection after it
+    "vitcam-tiny-sigmoid-clip-proj": {
+        "embed_dim": 16,
+        "init_logit_bias": -2.0,
+        "custom_text": True,
+        "vision_cfg": {**TRUNK, "timm_proj": "linear", "timm_proj_bias": True},
+        "text_cfg": SIGMOID_TEXT,
+    },
+    # a timm trunk that is not a ViT
+    "vitcam-tiny-clip-convnext": {
+        "embed_dim": 16,
+        "vision_cfg": {
+            "image_size": 32,
+            "timm_model_name": "test_convnext",
+            "timm_pool": "avg",
+            "timm_proj": "linear",
+        },
+        "text_cfg": TEXT,
+    },
 }
+# timm reads the pretrained config of a model registered in this module from here
+default_cfgs = {"vitcam_tiny_siglip": {"input_size": (3, 32, 48), "num_classes": 0}}
+
+
+@register_model
+def vitcam_tiny_siglip(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """A tiny timm ViT shaped as SigLIP's: no class token, an attention-pool latent as its pooled token."""
+    args = {"img_size": (32, 48), "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}
+    args |= {"class_token": False, "global_pool": "map"}
+    return _create_vision_transformer("vitcam_tiny_siglip", pretrained=pretrained, **{**args, **kwargs})
+
+
 TEXTS = ["cat", "dog", "red car", "tree"]
 PROMPTS = ["a photo of a {}.", "a drawing of the {}."]
 # the published presets: target block, skip path, score
@@ -95,8 +154,13 @@ def images(count: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
     return torch.randn((count, 3, *size), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("name", ["vitcam-tiny-clip", "vitcam-tiny-clip-bias"])
+EMBEDDERS = ["vitcam-tiny-clip", "vitcam-tiny-clip-bias", SIGMOID, "vitcam-tiny-sigmoid-clip-proj"]
+
+
+@pytest.mark.parametrize("name", EMBEDDERS)
 def test_zero_shot_logits_equal_open_clip(name):
+    """logit_scale times the cosine, plus logit_bias; a model with a logit bias learnt it from the sigmoid
+    loss (SigLIP), so its logits are read each on its own, through a sigmoid."""
     model = tiny_clip(name)
     explainer = Explainer(model, texts=TEXTS, prompts=PROMPTS, device="cpu")
     x = images(3, tuple(model.visual.image_size))
@@ -104,7 +168,44 @@ def test_zero_shot_logits_equal_open_clip(name):
     with torch.no_grad():
         got = explainer.loaded.model(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    assert explainer.class_names == TEXTS and got.std() > 0.5  # scores that tell the texts apart
+    spread = got.max(dim=1).values - got.min(dim=1).values
+    assert explainer.class_names == TEXTS and spread.min() > 0.5  # scores that tell the texts apart
+    reading = "softmax" if model.logit_bias is None else "sigmoid"
+    assert explainer.loaded.reading.kind == explainer.loaded.info["reading"] == reading
+
+
+@pytest.mark.parametrize("name", EMBEDDERS)
+def test_without_texts_the_model_is_encode_image(name):
+    """A model object without texts is its image embedding: ``encode_image``, not normalised, from a copy
+    of the tower (the object is left as it was)."""
+    model = tiny_clip(name)
+    x = images(3, tuple(model.visual.image_size))
+    with torch.no_grad():
+        before = model.encode_image(x)
+    loaded = wrap_model(model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), before, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.encode_image(x), before, rtol=0, atol=0)
+    assert loaded.class_names == [] and loaded.info["num_classes"] == 0
+    assert loaded.embedding == loaded.info["embedding"]
+    assert loaded.embedding.startswith("open_clip encode_image: the image tower's ")
+    assert f"({before.shape[1]} values, not normalised)" in loaded.embedding
+    zero_shot = loaded.with_texts(TEXTS)  # the same tower, then given texts
+    assert zero_shot.class_names == TEXTS and zero_shot.embedding is None
+
+
+@pytest.mark.parametrize("name", ["vitcam-tiny-clip", SIGMOID])
+def test_by_name_without_class_names_is_encode_image(name, tmp_path):
+    """``open_clip:ARCH`` without class texts: the image embedding of the weights given."""
+    model = tiny_clip(name, seed=4)
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(model.state_dict(), checkpoint)
+    loaded = ModelSpec(f"open_clip:{name}", checkpoint).load()
+    x = images(2, tuple(model.visual.image_size), seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), model.encode_image(x), rtol=1e-4, atol=1e-5)
+    assert loaded.embedding is not None and loaded.info["embedding"] == loaded.embedding
+    assert loaded.class_names == [] and loaded.info["checkpoint"] == str(checkpoint)
 
 
 def _window(grid: tuple[int, int], k: int) -> torch.Tensor:
@@ -121,11 +222,11 @@ def _window(grid: tuple[int, int], k: int) -> torch.Tensor:
 
 
 @contextmanager
-def replaced(block: torch.nn.Module, residual: torch.Tensor, masked: torch.Tensor) -> Iterator[None]:
-    """open_clip's resblock called with ``residual`` as its input and ``masked`` as its ln_1 output."""
+def replaced(block: nn.Module, norm: nn.Module, residual: Tensor, masked: Tensor) -> Iterator[None]:
+    """A block called with ``residual`` as its input and ``masked`` as its first LayerNorm's output."""
     handles = [
         block.register_forward_pre_hook(lambda _m, args: (residual, *args[1:])),
-        block.ln_1.register_forward_hook(lambda _m, _i, _o: masked),
+        norm.register_forward_hook(lambda _m, _i, _o: masked),
     ]
     try:
         yield
@@ -134,27 +235,48 @@ def replaced(block: torch.nn.Module, residual: torch.Tensor, masked: torch.Tenso
             handle.remove()
 
 
-def textbook_maps(model, image, texts, classes, block, skip, score) -> torch.Tensor:
-    """ViT-ReciproCAM by the definition, on open_clip's own image tower, one masked copy per position."""
+def tower_parts(model: nn.Module) -> tuple[list[nn.Module], str, int, tuple[int, int]]:
+    """open_clip's own image tower as the method reads it: its blocks, the name of their first LayerNorm,
+    the prefix tokens (CLIP's class token; none in SigLIP) and the patch grid."""
     visual = model.visual
-    resblock = visual.transformer.resblocks[block]
+    if isinstance(visual, open_clip.timm_model.TimmModel):
+        trunk = visual.trunk
+        return list(trunk.blocks), "norm1", trunk.num_prefix_tokens, tuple(trunk.patch_embed.grid_size)
+    return list(visual.transformer.resblocks), "ln_1", 1, tuple(visual.grid_size)
+
+
+def textbook_maps(model, image, read: Callable[[Tensor], Tensor], block: int, skip: str) -> Tensor:
+    """ViT-ReciproCAM by the definition, on open_clip's own image tower, one masked copy per position:
+    ``read`` scores the copies (open_clip's model run on them with the substitution in place), (h*w, T)."""
+    blocks, norm, prefix, grid = tower_parts(model)
+    resblock = blocks[block]
     seen = []
     handle = resblock.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     with torch.no_grad():
-        visual(image)
+        model.visual(image)
     handle.remove()
-    tokens = seen[0]  # (1, 1 + h*w, D): the block's input
-    features = resblock.ln_1(tokens)
-    grid = visual.grid_size
+    tokens = seen[0]  # (1, prefix + h*w, D): the block's input
+    features = getattr(resblock, norm)(tokens)
     count = grid[0] * grid[1]
     weights = torch.stack([_window(grid, k) for k in range(count)])  # (h*w copies, h*w tokens)
-    scale = torch.cat([torch.ones(count, 1), weights], dim=1).unsqueeze(-1)  # the CLS token kept
+    scale = torch.cat([torch.ones(count, prefix), weights], dim=1).unsqueeze(-1)  # prefix tokens kept
     masked = features * scale
     residual = {"ln": masked, "masked-input": tokens * scale, "input": tokens.expand(count, -1, -1)}[skip]
-    with torch.no_grad(), replaced(resblock, residual, masked):
-        logits = open_clip_logits(model, image.expand(count, -1, -1, -1), texts)
-    values = logits.softmax(-1) if score == "softmax" else logits
-    return values[:, classes].T.reshape(len(classes), *grid)
+    with torch.no_grad(), replaced(resblock, getattr(resblock, norm), residual, masked):
+        values = read(image.expand(count, -1, -1, -1))
+    return values.T.reshape(-1, *grid)
+
+
+SCORED = {
+    "softmax": lambda logits: logits.softmax(-1),
+    "logit": lambda logits: logits,
+    "sigmoid": torch.sigmoid,
+}
+
+
+def class_reader(model, texts: Tensor, classes: list[int], score: str) -> Callable[[Tensor], Tensor]:
+    """Copies scored by open_clip's zero-shot logits for ``classes``, through ``score``."""
+    return lambda copies: SCORED[score](open_clip_logits(model, copies, texts))[:, classes]
 
 
 @pytest.mark.parametrize("engine", ["dense", "fast"])
@@ -168,7 +290,57 @@ def test_maps_equal_textbook_loop_on_open_clip(name, preset, engine):
     texts = textbook_texts(model, name, TEXTS, ["a photo of a {}."])
     block, skip, score = PRESETS[preset]
     for i in range(2):
-        expected = textbook_maps(model, x[i : i + 1], texts, [1, 3], block, skip, score)
+        expected = textbook_maps(model, x[i : i + 1], class_reader(model, texts, [1, 3], score), block, skip)
+        torch.testing.assert_close(result.maps[i], expected, rtol=1e-4, atol=1e-5)
+    assert result.maps.std() > 0
+
+
+@pytest.mark.parametrize("engine", ["dense", "auto"])
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_sigmoid_maps_equal_textbook_loop_on_a_siglip_tower(preset, engine):
+    """SigLIP's zero-shot score: each copy's sigmoid of its logit for the text (logit_scale times the cosine,
+    plus logit_bias), whatever the other texts."""
+    model = tiny_clip(SIGMOID, seed=1)
+    method = f"reciprocam:{preset}:score=sigmoid"
+    explainer = Explainer(model, method, texts=TEXTS, engine=engine, device="cpu")
+    x = images(2, (32, 48), seed=2)
+    result = explainer(x, classes=["dog", 3])
+    texts = textbook_texts(model, SIGMOID, TEXTS, ["a photo of a {}."])
+    block, skip, _ = PRESETS[preset]
+    for i in range(2):
+        expected = textbook_maps(
+            model, x[i : i + 1], class_reader(model, texts, [1, 3], "sigmoid"), block, skip
+        )
+        torch.testing.assert_close(result.maps[i], expected, rtol=1e-4, atol=1e-5)
+    assert result.maps.std() > 0
+    expected = open_clip_logits(model, x, texts)[:, [1, 3]].sigmoid()
+    torch.testing.assert_close(result.probabilities, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["dense", "auto"])
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_embedding_maps_equal_textbook_loop_on_a_siglip_tower(preset, engine):
+    """Without texts the tower is ``encode_image``; a map value is the cosine of a copy's embedding with a
+    target embedding (here another image's)."""
+    model = tiny_clip(SIGMOID, seed=1)
+    loaded = wrap_model(model)
+    x = images(3, (32, 48), seed=2)
+    with torch.no_grad():
+        target = F.normalize(model.encode_image(x[2:]), dim=-1)
+    reading = Reading("cosine", target)
+
+    def cosine(copies: Tensor) -> Tensor:
+        return F.cosine_similarity(model.encode_image(copies), target, dim=-1).unsqueeze(-1)
+
+    method = ReciproCAM(
+        loaded.model, loaded.layout, SETTINGS[preset], loaded.input_size, engine=engine, reading=reading
+    )
+    result = method(x[:2], lambda values: torch.zeros(values.shape[0], 1, dtype=torch.long))
+    with torch.no_grad():
+        torch.testing.assert_close(result.outputs, model.encode_image(x[:2]), rtol=1e-4, atol=1e-5)
+    block, skip, _ = PRESETS[preset]
+    for i in range(2):
+        expected = textbook_maps(model, x[i : i + 1], cosine, block, skip)
         torch.testing.assert_close(result.maps[i], expected, rtol=1e-4, atol=1e-5)
     assert result.maps.std() > 0
 
@@ -225,8 +397,9 @@ def test_api_by_name_with_a_checkpoint(tmp_path):
     assert explainer.scores(result)["adcc"].shape == (1, 1)
 
 
-def test_img_size_resamples_the_position_embedding():
-    explainer = Explainer("open_clip:vitcam-tiny-clip", pretrained=False, img_size=(48, 48), texts=TEXTS)
+@pytest.mark.parametrize("name", ["vitcam-tiny-clip", SIGMOID])
+def test_img_size_resamples_the_position_embedding(name):
+    explainer = Explainer(f"open_clip:{name}", pretrained=False, img_size=(48, 48), texts=TEXTS)
     assert explainer.loaded.input_size == (3, 48, 48) and explainer.loaded.layout.grid == (6, 6)
     assert explainer(images(1, (48, 48)), top_k=2).maps.shape == (1, 2, 6, 6)
 
@@ -240,6 +413,40 @@ def test_api_refusals():
         Explainer(tiny_vit("cls"), texts=TEXTS, device="cpu")
     with pytest.raises(UnsupportedModelError, match="pools with attention"):
         Explainer(open_clip.create_model("vitcam-tiny-clip-attnpool"), texts=TEXTS, device="cpu")
+    with pytest.raises(VitcamError, match=r"^prompts needs class texts to fill in \(class_names\)"):
+        Explainer(tiny_clip(), prompts=PROMPTS, device="cpu")
+
+
+def test_an_object_with_another_vocabulary_takes_texts_by_name():
+    """A model object does not say which tokenizer its text tower needs: CLIP's fits only CLIP's vocabulary
+    (SigLIP's text towers have their own). Its image embedding needs no tokenizer."""
+    model = tiny_clip(SIGMOID)
+    model.vocab_size = 32000
+    loaded = wrap_model(model)
+    assert loaded.embedding is not None
+    with pytest.raises(
+        VitcamError, match=r"vocabulary of 32000 tokens, not CLIP's 49408 .*: pass it by name"
+    ):
+        loaded.with_texts(TEXTS)
+
+
+def test_the_tokenizer_is_read_only_for_class_texts(monkeypatch):
+    """SigLIP's tokenizer comes from the hub: the image embedding loads without it, class texts that need
+    it fail in one line."""
+
+    def offline(*_args: object, **_kwargs: object) -> None:
+        raise OSError("We couldn't connect to 'https://huggingface.co'\nmore")
+
+    monkeypatch.setattr(open_clip, "get_tokenizer", offline)
+    spec = ModelSpec(f"open_clip:{SIGMOID}", pretrained=False)
+    assert spec.load().embedding is not None
+    with pytest.raises(VitcamError) as error:
+        ModelSpec(f"open_clip:{SIGMOID}", pretrained=False, texts=("cat",)).load()
+    assert str(error.value) == (
+        f"model='open_clip:{SIGMOID}': cannot load its tokenizer for the class texts (OSError: We couldn't "
+        "connect to 'https://huggingface.co'); offline and not cached? Without class_names the model is its "
+        "image embedding and needs none"
+    )
 
 
 @pytest.fixture
@@ -325,7 +532,10 @@ BAD_INPUT = [
     (("--prompt", "a photo of {{}}"), "--prompt a photo of {{}}: must hold one {}"),  # literal braces
     (("--prompt", "a photo of {0}"), "--prompt a photo of {0}: must hold one {}"),
     (("--model", "open_clip:ViT-B-33"), "--model open_clip:ViT-B-33: not an open_clip architecture (did you"),
-    (("--class-names", None), "--class-names is required for an open_clip model"),
+    (
+        ("--class-names", None, "--prompt", "a {}"),
+        "--prompt needs class texts to fill in (--class-names); without",
+    ),
     (("--pretrained",), "--pretrained-tag is needed for vitcam-tiny-clip's weights; or pass --checkpoint"),
     (("--pretrained", "--pretrained-tag", "nope"), "--pretrained-tag nope: not a tag of vitcam-tiny-clip"),
     (("--pretrained-tag", "openai"), "--pretrained-tag loads pretrained weights: drop it or --no-pretrained"),
@@ -333,6 +543,10 @@ BAD_INPUT = [
     (
         ("--model", "open_clip:vitcam-tiny-clip-attnpool"),
         "its image tower pools with attention: vitcam explains",
+    ),
+    (
+        ("--model", "open_clip:vitcam-tiny-clip-convnext"),
+        "its image tower's timm trunk is a ConvNeXt: vitcam explains",
     ),
 ]
 
