@@ -130,7 +130,7 @@ def test_cosine_maps_equal_the_textbook_loop_on_the_transformers_model(folders, 
     target = embedding_of(model, images_for(loaded.input_size, count=1, seed=21))
     similar = loaded.with_targets(target, ["reference"], {"kind": "embeddings"})
     images = images_for(loaded.input_size, count=2, seed=9)
-    engines = ("dense",) if name == "SiglipVisionModel" else ("fast", "dense")
+    engines = ("fast", "dense")  # the fast engine takes SigLIP's attention pool too
     assert create_method(f"reciprocam:{preset}", similar).engine.name == engines[0]
     for engine in engines:
         method = create_method(f"reciprocam:{preset}", similar, engine=engine)
