@@ -32,11 +32,15 @@ To add a setting, add its method string to ``METHODS`` (or pass ``--methods``) a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import platform
+import re
 import sys
 import time
-from functools import cache
+from collections.abc import Callable
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +102,43 @@ def interval(values: np.ndarray, resamples: int, seed: int = 0) -> list[float] |
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
+def model_folder(spec: str | Path) -> Path:
+    """The export folder of a model folder or of the bundled model's name."""
+    if str(spec) == BUNDLED:
+        return Path(__file__).parents[1] / "vitcam_cli" / "assets" / "fashion-vit"
+    return Path(spec)
+
+
+def digest(spec: str | Path) -> str:
+    """A short hash of a model's weights: cached results are reused only for the same weights."""
+    return hashlib.sha256((model_folder(spec) / "model.safetensors").read_bytes()).hexdigest()[:12]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+
+
+def cached(cache: Path | None, key: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``, or its result saved under ``key`` in ``cache`` by an earlier run (one JSON file per
+    unit of work: a rerun after an interruption, or with one more method, redoes only what is missing)."""
+    if cache is None:
+        return compute()
+    path = cache / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, default=str))
+    os.replace(tmp, path)
+    return value
+
+
 class Classifier:
     """A timm export, preprocessed as vitcam and train.py preprocess it; softmax probabilities."""
 
     def __init__(self, spec: str) -> None:
-        name = spec if spec.startswith("local-dir:") else f"local-dir:{spec}"
-        if spec == BUNDLED:
-            name = f"local-dir:{Path(__file__).parents[1] / 'vitcam_cli' / 'assets' / 'fashion-vit'}"
-        self.model = timm.create_model(name, pretrained=True).eval()
+        self.model = timm.create_model(f"local-dir:{model_folder(spec)}", pretrained=True).eval()
         self.transform = create_transform(**resolve_input_data_config(self.model), is_training=False)
 
     @torch.inference_mode()
@@ -197,12 +230,33 @@ def explain(model_path: Path, method: str, images: list, cue_class: int) -> tupl
     return result.maps[:, 0].numpy(), (time.perf_counter() - started) / len(images)
 
 
-def saliency(
-    cue_model: dict[str, Any], twin: dict[str, Any] | None, methods: list[str], args: argparse.Namespace
+def measure_maps(
+    path: Path, method: str, images: list, cue_class: int, cells: np.ndarray, who: str, bootstrap: int
 ) -> dict[str, Any]:
-    """Peak-on-cue and mass share of every method on the cue model (and its clean twin) on cue scenes."""
+    """One method on one model: peak-on-cue and mass share per scene, their means and intervals."""
+    maps, seconds = explain(path, method, images, cue_class)
+    peak, share = score_maps(maps, cells)
+    return {
+        f"{who}peak_on_cue": float(peak.mean()),
+        f"{who}peak_count": int(peak.sum()),
+        f"{who}peak_interval": interval(peak, bootstrap),
+        f"{who}mass_share": float(share.mean()),
+        f"{who}mass_interval": interval(share, bootstrap),
+        f"{who}seconds_per_image": seconds,
+    }
+
+
+def saliency(
+    cue_model: dict[str, Any],
+    twin: dict[str, Any] | None,
+    methods: list[str],
+    args: argparse.Namespace,
+    mode: str = "present",
+) -> dict[str, Any]:
+    """Peak-on-cue and mass share of every method on the cue model (and its clean twin) on cue scenes
+    (``mode`` "moved": the logo in the other corner, where a faithful map should follow it)."""
     kind, cue_class = cue_model["kind"], CLASS_NAMES.index(cue_model["cue_class"])
-    scenes = test_scenes(kind)
+    scenes = test_scenes(kind, mode)
     indices = scenes.of_class(cue_class, args.count)
     rendered = [scenes.scene(i) for i in indices]
     images = [s.image for s in rendered]
@@ -210,6 +264,8 @@ def saliency(
     predicted = Classifier(str(cue_model["path"])).probabilities(images).argmax(1)
     out: dict[str, Any] = {
         "model": cue_model["path"].name,
+        "kind": kind,
+        "mode": mode,
         "twin": twin["path"].name if twin else None,
         "scenes": len(images),
         "indices": indices,
@@ -223,19 +279,16 @@ def saliency(
         for who, model in (("", cue_model), ("twin_", twin)):
             if model is None:
                 continue
-            maps, seconds = explain(model["path"], method, images, cue_class)
-            peak, share = score_maps(maps, cells)
-            row |= {
-                f"{who}peak_on_cue": float(peak.mean()),
-                f"{who}peak_count": int(peak.sum()),
-                f"{who}peak_interval": interval(peak, args.bootstrap),
-                f"{who}mass_share": float(share.mean()),
-                f"{who}mass_interval": interval(share, args.bootstrap),
-                f"{who}seconds_per_image": seconds,
-            }
+
+            key = (
+                f"saliency-{kind}-{mode}-{digest(cue_model['path'])}-{digest(model['path'])}-{who or 'cue'}-"
+                f"{args.count}-{args.bootstrap}-{slug(name)}"
+            )
+            work = partial(measure_maps, model["path"], method, images, cue_class, cells, who, args.bootstrap)
+            row |= cached(args.cache, key, work)
         out["methods"][name] = row
         print(
-            f"{kind} {name}: peak {row['peak_count']}/{len(images)} share {row['mass_share']:.3f}"
+            f"{kind} {mode} {name}: peak {row['peak_count']}/{len(images)} share {row['mass_share']:.3f}"
             + (f" (twin {row['twin_peak_count']}, {row['twin_mass_share']:.3f})" if twin else ""),
             flush=True,
         )
@@ -243,7 +296,19 @@ def saliency(
 
 
 def garments(model: str, methods: list[str], args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """``vitcam evaluate`` with the garment boxes: pointing game, energy-in-box and ADCC per method."""
+    """``vitcam evaluate`` with the garment boxes: pointing game, energy-in-box and ADCC, one run per
+    method (each cached)."""
+    folder = model_folder(model.removeprefix("local-dir:"))
+    results = {}
+    for method in methods:
+        key = (
+            f"garments-{digest(folder)}-{args.garment_scenes}-{args.bootstrap}-{slug(canonical_name(method))}"
+        )
+        results |= cached(args.cache, key, lambda m=method: evaluate_garments(model, [m], args, out))
+    return results
+
+
+def evaluate_garments(model: str, methods: list[str], args: argparse.Namespace, out: Path) -> dict[str, Any]:
     data = test_images(0, args.garment_scenes)
     options = EvaluateOptions(
         data=data, model=ModelSpec(model), labels=data / "labels.csv", boxes=data / "boxes.csv",
@@ -318,7 +383,7 @@ def saliency_markdown(
         lines += [
             "## Summary: peak on the cue (scenes) / mass share on the cue's cells",
             "",
-            "| method | " + " | ".join(f"{cues[k]['model']}" for k in kinds) + " |",
+            "| method | " + " | ".join(kinds) + " |",
             "|---" * (len(kinds) + 1) + "|",
             "| *area share* | " + " | ".join(f"*{cues[k]['area_share']:.3f}*" for k in kinds) + " |",
         ]
@@ -331,13 +396,15 @@ def saliency_markdown(
                 )
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
-    for kind, result in cues.items():
-        r = relied[result["model"]][kind]
+    for result in cues.values():
+        r = relied[result["model"]][result["kind"]]
+        moved = result["mode"] == "moved"
         lines += [
-            f"## {kind}: model `{result['model']}`",
+            f"## {result['kind']}{', moved' if moved else ''}: model `{result['model']}`",
             "",
             f"Reliance: {reliance_line(r)}. Scenes: the first {result['scenes']} test scenes of the cue "
-            f"class with the cue ({result['predicted_as_cue_class']} predicted as the cue class); the cue's "
+            f"class with the cue{' moved to the bottom-right corner' if moved else ''} "
+            f"({result['predicted_as_cue_class']} predicted as the cue class); the cue's "
             f"area share {result['area_share']:.3f}. Control: the clean twin `{result['twin']}` on the same "
             "scenes.",
             "",
@@ -391,7 +458,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="only these model folders (and their twins)")
     parser.add_argument("--reliance-scenes", type=int, default=1000, help="test scenes for accuracy")
     parser.add_argument("--class-scenes", type=int, default=200, help="cue-class scenes for probabilities")
-    parser.add_argument("--garment-scenes", type=int, default=200, help="scenes for the clean models' table")
+    parser.add_argument("--garment-scenes", type=int, default=100, help="scenes for the clean models' table")
     parser.add_argument(
         "--bundled", default=BUNDLED, help="the model without a cue besides the twins ('' none)"
     )
@@ -399,6 +466,10 @@ def main() -> None:
     parser.add_argument("--reliance-only", action="store_true")
     parser.add_argument("--skip-garments", action="store_true", help="leave out the clean models' table")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--cache", type=Path, default=Path("/tmp/planted_cues/cache"),
+        help="one JSON per unit of work (model weights, settings, method), reused by later runs",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
@@ -410,6 +481,13 @@ def main() -> None:
         sys.exit(f"planted_cues.py: no model folder with a cue.json in {args.models}")
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s), fp32"
     stamp = time.strftime("%Y-%m-%d")
+    repo = Path(__file__).resolve().parents[1]
+    settings = {  # paths inside the repository as relative paths
+        key: (str(value.resolve().relative_to(repo)) if value.resolve().is_relative_to(repo) else str(value))
+        if isinstance(value, Path)
+        else value
+        for key, value in vars(args).items()
+    }
     args.out.mkdir(parents=True, exist_ok=True)
 
     relied: dict[str, dict[str, Any]] = {}
@@ -420,7 +498,15 @@ def main() -> None:
         classifier = Classifier(str(model["path"]))
         cue_class = CLASS_NAMES.index(model["cue_class"])
         kinds = CUE_KINDS if model["kind"] is None else (model["kind"],)
-        relied[name] = {kind: reliance(classifier, kind, cue_class, args) for kind in kinds}
+        relied[name] = {
+            kind: cached(
+                args.cache,
+                f"reliance-{kind}-{digest(model['path'])}-{args.reliance_scenes}-{args.class_scenes}-"
+                f"{args.bootstrap}",
+                partial(reliance, classifier, kind, cue_class, args),
+            )
+            for kind in kinds
+        }
         for kind, r in relied[name].items():
             print(f"reliance {name} on {kind}: {reliance_line(r)}", flush=True)
     header = (
@@ -430,7 +516,7 @@ def main() -> None:
         f"{stamp}."
     )
     (args.out / "cue-reliance.json").write_text(
-        json.dumps({"settings": vars(args) | {"machine": machine, "date": stamp}, "models": relied},
+        json.dumps({"settings": settings | {"machine": machine, "date": stamp}, "models": relied},
                    indent=2, default=str) + "\n"
     )  # fmt: skip
     (args.out / "cue-reliance.md").write_text(reliance_markdown(relied, header) + "\n")
@@ -438,11 +524,13 @@ def main() -> None:
         return
 
     cues = {}
-    for model in models.values():
-        if model["kind"] is not None:
-            twin = models.get(model.get("twin"))
-            cues[model["kind"] if model["kind"] not in cues else model["path"].name] = saliency(
-                model, twin, args.methods, args
+    for name, model in models.items():
+        if model["kind"] is None:
+            continue
+        twin = models.get(model.get("twin"))
+        for mode in ("present", "moved") if model["kind"] == "logo" else ("present",):
+            cues[name if mode == "present" else f"{name}, moved"] = saliency(
+                model, twin, args.methods, args, mode
             )
     clean = {}
     if not args.skip_garments:
@@ -455,10 +543,11 @@ def main() -> None:
         f"Each cue model explains its cue class on the class's first {args.count} FashionScenes test scenes "
         f"with the cue; peak on cue: scenes whose map peaks on a cue cell; mass share: the min-max scaled "
         f"map's share on the cue's cells (a cell is on the cue when half its pixels are); 95% bootstrap "
-        f"intervals over scenes ({args.bootstrap} resamples); {machine}, {stamp}, {seconds:.0f} s."
+        f"intervals over scenes ({args.bootstrap} resamples); {machine}, {stamp}. s/image: seconds per "
+        f"scene explaining, as timed when the unit ran (the machine is shared, so timings are rough)."
     )
     summary = {
-        "settings": vars(args) | {"machine": machine, "date": stamp, "seconds": seconds},
+        "settings": settings | {"machine": machine, "date": stamp, "seconds": seconds},
         "reliance": relied,
         "cues": cues,
         "clean": clean,
