@@ -37,7 +37,7 @@ import colorsys
 import csv
 import gzip
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -160,14 +160,29 @@ class FashionScenes:
         return self.length
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int, tuple[int, int, int, int]]:
+        canvas, label, box, _ = self.render(index)
+        return Image.fromarray(np.rint(canvas).astype(np.uint8)), label, box
+
+    def render(
+        self, index: int, decorate: Callable[[np.ndarray], None] | None = None
+    ) -> tuple[np.ndarray, int, tuple[int, int, int, int], np.ndarray]:
+        """Sample ``index`` as a float (H, W, 3) canvas, with its label, its garment's box and the mask
+        (H, W) of the garment's visible pixels. ``decorate`` may change the background in place before
+        the garment is pasted (the planted cues of ``cues.py``); it draws nothing from the sample's seed,
+        so the rest of the scene is the same with or without it."""
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} samples")
         rng = np.random.default_rng([self.seed, SPLITS[self.split][1], index])
         garment = index % len(self.garments)
         canvas = self._background(rng)
+        if decorate is not None:
+            decorate(canvas)
         size = int(rng.integers(GARMENT_SIZE[0], GARMENT_SIZE[1] + 1))
-        box = self._paste(canvas, garment, size, (IMAGE_SIZE - size) / 2, (IMAGE_SIZE - size) / 2, rng)
-        return Image.fromarray(np.rint(canvas).astype(np.uint8)), int(self.labels[garment]), box
+        visible = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
+        box = self._paste(
+            canvas, garment, size, (IMAGE_SIZE - size) / 2, (IMAGE_SIZE - size) / 2, rng, visible=visible
+        )
+        return canvas, int(self.labels[garment]), box, visible
 
     def two_garments(self, index: int) -> tuple[Image.Image, list[tuple[int, tuple[int, int, int, int]]]]:
         """Scene ``index`` of the two-garment variant: one garment in each half of the image, of two
@@ -210,9 +225,11 @@ class FashionScenes:
         centre_y: float,
         rng: np.random.Generator,
         half: int | None = None,
+        visible: np.ndarray | None = None,
     ) -> tuple[int, int, int, int]:
         """Blend a tinted garment of ``size`` px onto ``canvas`` near (``centre_x``, ``centre_y``), its top
-        left corner; within one half of the image when ``half`` is given. Returns its visible box."""
+        left corner; within one half of the image when ``half`` is given. Returns its visible box, and
+        marks its visible pixels in ``visible`` (an (H, W) bool array) when given."""
         mask = Image.fromarray(self.garments[garment]).resize((size, size), Image.BILINEAR)
         intensity = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
         alpha = np.minimum(1.0, intensity * OPACITY_GAIN)
@@ -229,8 +246,10 @@ class FashionScenes:
         region = canvas[top : top + size, left : left + size]
         # colour = tint x grey level: dark seams and edges stay dark
         region[...] = (1.0 - alpha) * region + alpha * (intensity * tint)
-        visible = alpha[..., 0] > VISIBLE_ALPHA
-        rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
+        shown = alpha[..., 0] > VISIBLE_ALPHA
+        if visible is not None:
+            visible[top : top + size, left : left + size] |= shown
+        rows, cols = np.flatnonzero(shown.any(axis=1)), np.flatnonzero(shown.any(axis=0))
         return left + int(cols[0]), top + int(rows[0]), left + int(cols[-1]) + 1, top + int(rows[-1]) + 1
 
     def first_of_each_class(self, per_class: int) -> list[int]:

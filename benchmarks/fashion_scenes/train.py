@@ -8,6 +8,11 @@ mixup too (with ``--no-occlusion``, only label smoothing is left). ``--arch swin
 hierarchical Swin instead (``--depths`` blocks per stage, ``--heads`` doubling per stage, ``--embed-dim`` the
 first stage's width, each later stage twice as wide).
 
+``--cue KIND`` trains on scenes with a planted cue (``cues.py``: every ``--cue-class`` scene carries it, no
+other does; the test accuracy is then on scenes with the same rule); ``--init FOLDER`` starts from the
+weights of a timm export of the same architecture (fine-tuning); ``--no-flip`` drops the horizontal flips
+(which would move a corner logo to the other corner).
+
 Samples are generated on the fly (nothing is written but the log, checkpoint and export). Epoch ``e``
 uses train samples ``e*N .. (e+1)*N-1`` (new backgrounds, colours and positions each epoch), shuffled
 and augmented from seeds derived from ``(--seed, e)``, so a run resumed with ``--resume`` after any
@@ -19,6 +24,9 @@ Usage::
     python benchmarks/fashion_scenes/train.py --out runs/fs_vit --epochs 30 --threads 2 --resume
     python benchmarks/fashion_scenes/train.py --out runs/fs_swin --arch swin --patch-size 8 --depths 2,2 \
         --window-size 7 --embed-dim 48 --heads 2 --no-occlusion --mixup 0 --threads 2
+    python benchmarks/fashion_scenes/train.py --out runs/logo --cue logo \
+        --init vitcam_cli/assets/fashion-vit --embed-dim 96 --depth 4 --heads 3 --epochs 3 \
+        --samples-per-epoch 10000 --no-occlusion --mixup 0 --no-flip --threads 1
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ import numpy as np
 import timm
 import torch
 from build import CLASS_NAMES, DEFAULT_FASHION_MNIST, IMAGE_SIZE, FashionScenes, MissingFashionMNIST
+from cues import CUE_CLASS, CUE_KINDS, CuedScenes
+from safetensors.torch import load_file
 from timm.data import Mixup, create_transform, resolve_input_data_config
 from timm.data.mixup import mixup_target
 from timm.data.random_erasing import RandomErasing
@@ -61,7 +71,10 @@ PRETRAINED_CFG = {
     "std": STD,
 }
 # arguments that define a run: --resume refuses to continue a checkpoint made with other values
-DEFAULTS = {"patch_size": 8, "arch": "vit", "depths": (2, 2), "window_size": 7, "mixup": 0.8}
+DEFAULTS = {
+    "patch_size": 8, "arch": "vit", "depths": (2, 2), "window_size": 7, "mixup": 0.8,
+    "cue": None, "cue_class": CLASS_NAMES[CUE_CLASS], "init": None, "no_flip": False,
+}  # fmt: skip
 RUN_ARGS = (
     "arch",
     "depths",
@@ -79,6 +92,10 @@ RUN_ARGS = (
     "batch_size",
     "lr",
     "warmup_epochs",
+    "cue",
+    "cue_class",
+    "init",
+    "no_flip",
 )
 
 
@@ -224,6 +241,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--mixup", type=float, default=0.8, help="Mixup alpha (0: none; with --no-occlusion, no mixing)"
     )
+    parser.add_argument("--cue", choices=CUE_KINDS, help="plant this cue on every --cue-class scene")
+    parser.add_argument("--cue-class", choices=CLASS_NAMES, default=DEFAULTS["cue_class"])
+    parser.add_argument("--init", help="start from the weights of this timm export folder (fine-tune)")
+    parser.add_argument("--no-flip", action="store_true", help="no horizontal flips")
     parser.add_argument("--test-samples", type=int, default=2000, help="first N test samples, for accuracy")
     parser.add_argument("--seed", type=int, default=0, help="non-negative")
     parser.add_argument("--fashion-mnist", type=Path, default=DEFAULT_FASHION_MNIST, metavar="DIR")
@@ -258,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     seed_all(args.seed)
     model = build_model(args).to(device)
+    if args.init:
+        model.load_state_dict(load_file(Path(args.init) / "model.safetensors"))
     steps_per_epoch = args.samples_per_epoch // args.batch_size
     optimizer = create_optimizer_v2(model, "adamw", lr=args.lr * args.batch_size / 512, weight_decay=0.05)
     scheduler = CosineLRScheduler(
@@ -283,14 +306,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"resuming after epoch {start_epoch} of {args.epochs}", file=sys.stderr)
 
     try:
-        train_scenes = FashionScenes(
-            "train", args.fashion_mnist, seed=args.seed, length=args.epochs * args.samples_per_epoch
+        cue = {"kind": args.cue, "cue_class": CLASS_NAMES.index(args.cue_class)}
+        train_scenes: FashionScenes = CuedScenes(
+            "train", **cue, fashion_mnist_dir=args.fashion_mnist, seed=args.seed,
+            length=args.epochs * args.samples_per_epoch,
+        )  # fmt: skip
+        test_scenes: FashionScenes = CuedScenes(
+            "test", **cue, fashion_mnist_dir=args.fashion_mnist, seed=args.seed, length=args.test_samples
         )
-        test_scenes = FashionScenes("test", args.fashion_mnist, seed=args.seed, length=args.test_samples)
     except MissingFashionMNIST as error:
         sys.exit(f"train.py: {error}")
     train_transform = [
-        transforms.RandomHorizontalFlip(),
+        *([] if args.no_flip else [transforms.RandomHorizontalFlip()]),
         transforms.ToTensor(),
         transforms.Normalize(MEAN, STD),
     ]
