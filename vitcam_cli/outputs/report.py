@@ -113,9 +113,8 @@ def thumbnail(image: np.ndarray, max_side: int = THUMBNAIL_SIDE) -> bytes:
     """(H, W, 3) uint8 overlay or image -> JPEG bytes, longer side at most ``max_side``; keeps the page
     light."""
     picture = Image.fromarray(image)
-    picture.thumbnail(
-        (max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=1.0
-    )  # box-filtered: fast, no aliasing
+    # reduce() by the whole factor first: a box filter, no aliasing, and half the time of a wider gap
+    picture.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=1.0)
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY)
     return buffer.getvalue()
