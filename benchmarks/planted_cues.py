@@ -75,6 +75,9 @@ METHODS = [
     "reciprocam:openvino-xai:fuse=2",
     "reciprocam:openvino-xai:fuse=4",
     "reciprocam:openvino-xai:fuse=3,prefix=reset",
+    "reciprocam:openvino-xai:fuse=3",
+    "reciprocam:otx:fuse=4",
+    "reciprocam:fused",  # the default: openvino-xai, single-token kernel, up to 4 blocks fused
     "gradcam",
     "rollout",
     "relevance",

@@ -146,7 +146,7 @@ def test_evaluate_with_the_authors_protocol(tiny_model, tmp_path):
     authors_run = json.loads((tmp_path / "authors" / "metrics.json").read_text())
     poppi_run = json.loads((tmp_path / "poppi" / "metrics.json").read_text())
     assert authors_run["settings"]["protocol"] == "authors" and poppi_run["settings"]["protocol"] == "poppi"
-    for name in ("reciprocam:openvino-xai", "rollout"):
+    for name in ("reciprocam:fused", "rollout"):
         ours, theirs = authors_run["methods"][name], poppi_run["methods"][name]
         for metric in ("adcc", "average_drop", "coherency", "complexity", "insertion", "deletion"):
             assert 0 <= ours[metric] <= 1 and math.isfinite(ours[metric])

@@ -86,7 +86,7 @@ def test_mixed_folder_end_to_end(tiny_model, image_folder, tmp_path):
         "skipped": 0,
         "total": len(GOOD_IMAGES) + len(BROKEN_IMAGES),
     }
-    assert summary["settings"]["method"]["variant"] == "openvino-xai"
+    assert summary["settings"]["method"]["variant"] == "fused"
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0] == ",".join(ROW_FIELDS) and len(csv_lines) == len(rows) + 1
     assert not list(out.rglob("*.tmp"))
@@ -540,7 +540,7 @@ def test_method_help_names_every_preset(monkeypatch):
         lines = stdout.splitlines()
         first = next(i for i, line in enumerate(lines) if line.lstrip("│ ").startswith(flag + " "))
         block = " ".join(line.strip("│ ") for line in lines[first : first + 6])
-        assert "official, otx, openvino-xai or discriminative" in block, block
+        assert "official, otx, openvino-xai, discriminative or fused" in block, block
 
 
 def test_command_descriptions_flow_whatever_the_source_line_breaks(monkeypatch):

@@ -277,3 +277,22 @@ def test_refinement_options_are_checked():
     model = tiny_vit("cls")
     with pytest.raises(VitcamError, match="fuse=5: only"):
         ReciproCAM(model, token_layout(model), PRESETS["otx"].with_overrides(fuse=5), input_size(model))
+
+
+@pytest.mark.parametrize("engine", ["dense", "fast"])
+@pytest.mark.parametrize("family", ["cls", "registers"])
+@torch.inference_mode()
+def test_the_fused_preset_averages_every_block_it_has_up_to_four(engine, family):
+    """On a 3-block model the default preset fuses the 3 blocks there are, single-token kernel."""
+    model = tiny_vit(family)
+    layout = token_layout(model)
+    images = torch.randn(2, *input_size(model), generator=torch.Generator().manual_seed(8))
+    explainer = ReciproCAM(model, layout, PRESETS["fused"], input_size(model), engine=engine)
+    assert [e.block_index for e in explainer.engines] == [2, 1, 0]
+    result = explainer(images, top1)
+    by_hand = PRESETS["openvino-xai"].with_overrides(kernel="single", fuse=3)
+    for b in range(2):
+        expected = naive_reciprocam(model, images[b : b + 1], int(result.classes[b, 0]), by_hand)
+        torch.testing.assert_close(result.maps[b, 0], expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(VitcamError, match="only 3 blocks"):  # asked for by number, it is not a bound
+        ReciproCAM(model, layout, PRESETS["fused"].with_overrides(fuse=4), input_size(model))

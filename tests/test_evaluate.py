@@ -51,7 +51,7 @@ def test_all_methods_all_metrics(tiny_model, labelled, tmp_path):
     assert code == 0, stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["methods"]) == [
-        "reciprocam:openvino-xai",
+        "reciprocam:fused",
         "reciprocam:otx",
         "gradcam",
         "rollout",
@@ -98,9 +98,9 @@ def test_fail_under_gates_the_first_method_and_json_prints_metrics(tiny_model, l
                                "--no-insertion-deletion")  # fmt: skip
     assert code == 0
     metrics = json.loads(stdout)
-    value = metrics["methods"]["reciprocam:openvino-xai"]["adcc"]
+    value = metrics["methods"]["reciprocam:fused"]["adcc"]
     assert metrics["gate"] == {"metric": "adcc", "threshold": 0.0, "value": value, "passed": True}
-    assert "insertion" not in metrics["methods"]["reciprocam:openvino-xai"]
+    assert "insertion" not in metrics["methods"]["reciprocam:fused"]
     code, _, stderr = evaluate(
         tiny_model, labelled, tmp_path / "p", "--fail-under", "1.01", "--metric", "coherency"
     )
@@ -134,7 +134,7 @@ def test_unlabelled_folder_and_its_errors(tiny_model, small_folder, tmp_path):
     code, _, stderr = evaluate(tiny_model, small_folder, out, "--no-insertion-deletion")
     assert code == 0, stderr
     methods = json.loads((out / "metrics.json").read_text())["methods"]
-    assert methods["reciprocam:openvino-xai"]["accuracy"] is None
+    assert methods["reciprocam:fused"]["accuracy"] is None
     code, _, stderr = evaluate(tiny_model, small_folder, tmp_path / "o2", "--target", "label")
     assert code == 2 and "--target label needs ground truth" in stderr
     code, _, stderr = evaluate(tiny_model, small_folder, tmp_path / "o3", "--methods", "gradcam,saliency")
@@ -166,7 +166,7 @@ def test_the_bundled_sample_dataset_runs_end_to_end(fashion_tiny_model, tmp_path
     assert code == 0, stderr
     metrics = json.loads(stdout)
     assert metrics["dataset"]["evaluated"] == 6 and metrics["dataset"]["labelled"] == 6
-    assert metrics["methods"]["reciprocam:openvino-xai"]["pointing_game"] is not None
+    assert metrics["methods"]["reciprocam:fused"]["pointing_game"] is not None
 
 
 def test_evaluate_report_renders_in_a_real_browser(tiny_model, labelled, tmp_path):
@@ -186,7 +186,7 @@ def test_evaluate_report_renders_in_a_real_browser(tiny_model, labelled, tmp_pat
     assert (
         body["data-images-loaded"] == body["data-images-total"] == "40"
     )  # 10 images x (original + 3 methods)
-    assert '<table id="summary"' in dom and "reciprocam:openvino-xai" in dom and "rollout" in dom
+    assert '<table id="summary"' in dom and "reciprocam:fused" in dom and "rollout" in dom
     png = Path(__file__).parents[1] / "test-artifacts" / "evaluate-report.png"
     screenshot(out / "report.html", png)
     assert png.stat().st_size > 10_000
@@ -195,7 +195,7 @@ def test_evaluate_report_renders_in_a_real_browser(tiny_model, labelled, tmp_pat
 def test_method_names():
     from vitcam_cli.methods.factory import canonical_name
 
-    assert canonical_name("reciprocam") == "reciprocam:openvino-xai"
+    assert canonical_name("reciprocam") == "reciprocam:fused"
     assert canonical_name("ReciproCAM:otx:gaussian") == "reciprocam:otx"
     assert canonical_name("reciprocam:openvino-xai:single") == "reciprocam:openvino-xai:kernel=single"
     assert (
@@ -285,5 +285,5 @@ def test_report_cards_show_the_original_once_and_each_methods_name(tiny_model, l
         assert _heading(card) == Path(path).name and card.count('<figure class="original">') == 1
         assert _original_size(card) == Image.open(path).size
         methods = re.findall(r'<div class="method">(.*?)</div>', card)
-        assert methods == ["reciprocam:openvino-xai", "gradcam"]
-    assert "<dt>methods</dt><dd>reciprocam:openvino-xai, gradcam</dd>" in page
+        assert methods == ["reciprocam:fused", "gradcam"]
+    assert "<dt>methods</dt><dd>reciprocam:fused, gradcam</dd>" in page

@@ -178,7 +178,17 @@ def test_out_of_memory_chunks_are_retried_smaller(tiny_model, small_folder, tmp_
 
     reference = tmp_path / "reference"
     assert (
-        explain(tiny_model, str(small_folder), "-o", str(reference), "--save-maps", "--mask-batch", "16")[0]
+        explain(
+            tiny_model,
+            str(small_folder),
+            "-o",
+            str(reference),
+            "--save-maps",
+            "--mask-batch",
+            "16",
+            "--variant",
+            "openvino-xai",
+        )[0]
         == 0
     )
     real = CompressedEngine.chunk_logits
@@ -191,7 +201,15 @@ def test_out_of_memory_chunks_are_retried_smaller(tiny_model, small_folder, tmp_
     monkeypatch.setattr(CompressedEngine, "chunk_logits", tight)
     out = tmp_path / "out"
     code, _, stderr = explain(
-        tiny_model, str(small_folder), "-o", str(out), "--save-maps", "--mask-batch", "16"
+        tiny_model,
+        str(small_folder),
+        "-o",
+        str(out),
+        "--save-maps",
+        "--mask-batch",
+        "16",
+        "--variant",
+        "openvino-xai",
     )
     assert code == 0, stderr
     summary = json.loads((out / "summary.json").read_text())

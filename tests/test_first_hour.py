@@ -159,7 +159,7 @@ def test_evaluate_report_compares_methods_and_marks_wrong_predictions(evaluated)
     report = (evaluated / "report.html").read_text()
     for metric in ("adcc", "insertion", "deletion", "pointing_game", "energy_in_box"):
         assert f'aria-label="{metric} of each method"' in report
-    for method in ("reciprocam:openvino-xai", "rollout", "relevance"):
+    for method in ("reciprocam:fused", "rollout", "relevance"):
         assert f'<h4 class="chart-method">{method}</h4>' in report
     metrics = json.loads((evaluated / "metrics.json").read_text())
     wrong = metrics["dataset"]["labelled"] - metrics["dataset"]["correct"]
@@ -254,7 +254,7 @@ def test_the_evaluate_table_keeps_every_name_at_120_columns(tiny_model, tmp_path
     cells = " ".join(re.findall(r"[\w:,=-]+", table))
     for name in ("average_drop", "energy_in_box", "pointing_game", "seconds_per_image", "relevance"):
         assert name in cells
-    assert "reciprocam:" in cells and "openvino-xai" in cells and "kernel=single," in cells
+    assert "reciprocam:" in cells and "fused" in cells and "kernel=single," in cells
 
 
 def test_an_uncached_pretrained_model_without_network_fails_at_once(tmp_path):

@@ -243,7 +243,7 @@ def test_evaluate_scores_reciprocam_and_gradcam_and_refuses_rollout(swin_folder,
     )
     assert code == 0, stderr
     metrics = json.loads((out / "metrics.json").read_text())["methods"]
-    assert list(metrics) == ["reciprocam:openvino-xai", "reciprocam:otx", "gradcam"]
+    assert list(metrics) == ["reciprocam:fused", "reciprocam:otx", "gradcam"]
     for values in metrics.values():
         for key in ("adcc", "insertion", "deletion", "pointing_game", "energy_in_box"):
             assert values[key] is not None, key

@@ -196,7 +196,8 @@ ClassNamesOption = Annotated[
 VARIANT_HELP = (
     "Preset: the published implementations official = block -2, skip input, softmax; "
     "otx = block -1, skip ln, softmax; openvino-xai = block -1, skip masked-input, logit; and vitcam's "
-    "discriminative = block -2, skip ln, softmax, prefix reset (see docs/discrimination.md)."
+    "discriminative = block -2, skip ln, softmax, prefix reset (see docs/discrimination.md); fused = "
+    "openvino-xai with the single-token kernel at the last 4 blocks, averaged (see docs/quality.md)."
 )
 VariantOption = Annotated[
     _choice(D.PRESET_NAMES) | None,
