@@ -25,6 +25,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from vitcam_cli.analysis.audit import AuditResult, AuditSettings, run_audit
+from vitcam_cli.analysis.evidence import box_cells
 from vitcam_cli.data import DecodePlan, describe_decode_error
 from vitcam_cli.defaults import (
     DEFAULT_ALPHA,
@@ -47,6 +49,7 @@ from vitcam_cli.runtime import autocast, check_precision, resolve_device
 from vitcam_cli.targets import TargetRequest
 
 ImageInput = str | Path | Image.Image
+AUDIT_BATCH = 16  # images explained at once by ``Explainer.audit``
 
 
 @dataclass
@@ -226,8 +229,9 @@ class Explainer:
         each image's top prediction (every target, for similarity targets)."""
         inputs, sources = self._inputs(images)
         request = self._request(classes, top_k, labels, threshold, inputs.shape[0])
+        choose = request.chooser(self._truth(labels))  # outside inference mode: methods with gradients use it
         with torch.inference_mode(), autocast(self.precision, self.device):
-            raw = self.method(inputs, request.chooser(self._truth(labels)))
+            raw = self.method(inputs, choose)
         self._check_finite(raw)
         classes_cpu = raw.classes.cpu()
         values = self.method.reading.values(raw.outputs).cpu()
@@ -236,6 +240,62 @@ class Explainer:
             raw.maps.float().cpu(), classes_cpu, names, values.gather(1, classes_cpu), self.method_name,
             inputs, sources, raw, request.chosen(values, classes_cpu),
         )  # fmt: skip
+
+    def audit(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        labels: Sequence[int | str] | None = None,
+        boxes: Sequence[Sequence[Sequence[float]]] | None = None,
+        candidates: int = 10,
+        images_per_test: int = 48,
+    ) -> AuditResult:
+        """What the model relies on across ``images``, as ``vitcam audit`` finds it: each class's evidence
+        (labelled, else predicted), shortcut candidates tested by intervention, strategies per class.
+        ``boxes``: each image's objects (x1, y1, x2, y2 in the original's pixels): evidence inside them
+        is no shortcut. ``result.to_json()`` is findings.json."""
+        listed = list(images)
+        if labels is not None and len(labels) != len(listed):
+            raise ParameterError("labels", f"needs one label per image ({len(listed)}), not {len(labels)}")
+        maps, classes, inputs, sources = [], [], [], []
+        for start in range(0, len(listed), AUDIT_BATCH):
+            chunk = listed[start : start + AUDIT_BATCH]
+            given = None if labels is None else list(labels[start : start + AUDIT_BATCH])
+            result = self(chunk, labels=given)
+            maps.append(result.maps[:, 0].numpy())
+            classes += [int(c) for c in result.classes[:, 0]]
+            inputs.append(result.inputs.cpu())
+            sources += result.sources
+        stacked = torch.cat(inputs)
+        size = (stacked.shape[-2], stacked.shape[-1])
+        grid = maps[0].shape[1:]
+        inside = None if boxes is None else self._audit_boxes(boxes, sources, classes, grid, size)
+        found = run_audit(
+            np.concatenate(maps), classes, self.class_names, lambda indices: stacked[indices].to(self.device),
+            self.loaded.model, self.method.reading, size, inside, AuditSettings(candidates, images_per_test),
+        )  # fmt: skip
+        found.paths = [
+            str(image) if isinstance(image, str | Path) else f"image {i}" for i, image in enumerate(listed)
+        ]
+        return found
+
+    def _audit_boxes(
+        self,
+        boxes: Sequence[Sequence[Sequence[float]]],
+        sources: list[Source],
+        classes: list[int],
+        grid: tuple[int, ...],
+        size: tuple[int, int],
+    ) -> list[np.ndarray | None]:
+        """Each image's share of every cell inside its boxes, in the model's input frame."""
+        if len(boxes) != len(sources):
+            raise ParameterError("boxes", f"needs one list of boxes per image ({len(sources)})")
+        inside: list[np.ndarray | None] = []
+        for image, source in zip(boxes, sources, strict=True):
+            corners = [(float(box[0]), float(box[1]), float(box[2]), float(box[3])) for box in image]
+            placed = input_boxes(corners, source.view, size, *source.size)
+            inside.append(box_cells(placed, (grid[0], grid[1]), size) if placed else None)
+        return inside
 
     def scores(
         self,

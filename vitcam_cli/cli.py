@@ -365,6 +365,23 @@ PromptOption = Annotated[
 ]
 
 
+InputsArgument = Annotated[
+    list[str] | None,
+    typer.Argument(help="Image files and folders (searched recursively).", show_default=False),
+]
+FilesFromOption = Annotated[
+    str | None,
+    typer.Option("--files-from", help="Also read image paths, one per line, from FILE ('-' for stdin)."),
+]
+SkipExistingOption = Annotated[
+    bool,
+    typer.Option(
+        help="Resume: keep the finished images in --out, explain the rest (new inputs too).",
+        rich_help_panel=OUTPUT,
+    ),
+]
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"vitcam {__version__}")
@@ -602,14 +619,8 @@ def launch_settings(
 )
 def explain(
     ctx: typer.Context,
-    inputs: Annotated[
-        list[str] | None,
-        typer.Argument(help="Image files and folders (searched recursively).", show_default=False),
-    ] = None,
-    files_from: Annotated[
-        str | None,
-        typer.Option("--files-from", help="Also read image paths, one per line, from FILE ('-' for stdin)."),
-    ] = None,
+    inputs: InputsArgument = None,
+    files_from: FilesFromOption = None,
     method: MethodOption = None,
     variant: VariantOption = None,
     classes: Annotated[
@@ -674,13 +685,7 @@ def explain(
             rich_help_panel=OUTPUT,
         ),
     ] = True,
-    skip_existing: Annotated[
-        bool,
-        typer.Option(
-            help="Resume: keep the finished images in --out, explain the rest (new inputs too).",
-            rich_help_panel=OUTPUT,
-        ),
-    ] = False,
+    skip_existing: SkipExistingOption = False,
     jsonl: Annotated[
         bool,
         typer.Option(
@@ -710,6 +715,85 @@ def explain(
             "references": list(references or []),
         }
         return Explain(_options(ExplainOptions, given, batch_size, **lists))
+
+    launch.start(ctx, command, run.device)
+
+
+AUDIT = "Audit"
+
+
+@app.command(cls=TidyCommand)
+@uses(model=model_spec, run=run_settings, overlay=overlay_settings, launch=launch_settings)
+def audit(
+    ctx: typer.Context,
+    inputs: InputsArgument = None,
+    files_from: FilesFromOption = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help=f"The method that makes the maps: {METHOD_FORMS}. (default: reciprocam:fused, the setting "
+            "that found planted shortcuts on every model tried; see docs/audit.md)",
+            rich_help_panel=METHOD,
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV 'file,label': each image's evidence is gathered for its labelled class (default: the "
+            "predicted class).",
+            rich_help_panel=AUDIT,
+        ),
+    ] = None,
+    boxes: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV 'file,x1,y1,x2,y2[,label]' of the objects: each class's evidence outside them is "
+            "reported, and only evidence outside them can make a shortcut candidate.",
+            rich_help_panel=AUDIT,
+        ),
+    ] = None,
+    candidates: Annotated[
+        int,
+        typer.Option(
+            help="Classes whose most distinctive region is tested by intervention.", rich_help_panel=AUDIT
+        ),
+    ] = 10,
+    images_per_test: Annotated[
+        int,
+        typer.Option(
+            help="Images of the class blanked, and of other classes pasted into, per test.",
+            rich_help_panel=AUDIT,
+        ),
+    ] = 48,
+    out: OutOption = Path("vitcam-audit"),
+    overlays: Annotated[
+        bool, typer.Option(help="Also write every image's overlay.", rich_help_panel=OUTPUT)
+    ] = False,
+    adcc: Annotated[
+        bool, typer.Option(help="Also score every map with ADCC.", rich_help_panel=OUTPUT)
+    ] = False,
+    skip_existing: SkipExistingOption = False,
+    batch_size: BatchSizeOption = D.EXPLAIN_BATCH,
+    overwrite: OverwriteOption = False,
+    model: Any = None,
+    run: Any = None,
+    overlay: Any = None,
+    launch: Any = None,
+) -> None:
+    """Find what a model relies on across a dataset: class evidence, shortcuts proved by intervention,
+    strategies per class; findings.json, report.html and the rows under --out.
+
+    Exit codes: 0 all images explained, 1 finished but some inputs failed, 2 usage or model error.
+    """
+    given = dict(locals())
+
+    def command() -> Any:
+        from vitcam_cli.analysis.audit import AuditSettings
+        from vitcam_cli.commands.audit import AUDIT_METHOD, Audit, AuditOptions
+
+        settings = AuditSettings(candidates=candidates, images_per_test=images_per_test)
+        computed = {"inputs": list(inputs or []), "save_maps": True, "method": method or AUDIT_METHOD}
+        return Audit(_options(AuditOptions, given, batch_size, **computed, audit=settings))
 
     launch.start(ctx, command, run.device)
 

@@ -225,6 +225,9 @@ class Explain:
         self.resumable = True
         self.skipped: list[Path] = []  # earlier output folders among the inputs, not searched
         self.interrupted: int | None = None  # the exit code of an interrupted run (Ctrl-C, SIGTERM)
+        self.loaded: LoadedModel | None = None  # the model as the run reads it, once loaded
+        self.device: torch.device | None = None
+        self.items: list[ImageItem] = []  # every input of the run, once listed (all shards')
 
     def merge(self, folders: list[Path], destination: Path, quiet: bool) -> int:
         return merge_explanations(folders, destination, quiet)
@@ -240,6 +243,7 @@ class Explain:
         items, unlabelled, request = plan.items, plan.failing, plan.request
         items = shard.take(items) if shard else items
         name, method, described, loaded = explain_method(options, plan.loaded)
+        self.loaded, self.device, self.items = loaded, device, every  # what a run's sinks (an audit) need
         recorded = self._settings(loaded, request, method, described)
         part = shard.suffix if shard else ""
         earlier = earlier_summary(options.out, part) if options.skip_existing else {}
@@ -328,10 +332,14 @@ class Explain:
             mask_batch_reductions=getattr(method, "reductions", []),
         )
         if shard is None:  # a shard's report comes with the merge
-            write_explain_report(self.options.out / "report.html", summary, writer.gallery, counts)
+            self._report(summary, writer, counts, status)
         summary["status"] = status
         write_json_atomic(self.options.out / f"summary{shard.suffix if shard else ''}.json", summary)
         return counts
+
+    def _report(self, summary: dict[str, Any], writer: ExplainWriter, counts: Counts, status: str) -> None:
+        """report.html of a whole run (a command built on explain writes its own)."""
+        write_explain_report(self.options.out / "report.html", summary, writer.gallery, counts)
 
     def _input_files(self, items: list[ImageItem]) -> list[Path]:
         """Every file the run reads (links followed): no output may land on one of them."""

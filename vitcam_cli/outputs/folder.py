@@ -36,11 +36,14 @@ MARKER_TEXT = (
     "here, listed in .vitcam-files*).\n"
 )
 # the files of a whole run (a single process, or merged shards)
-RUN_FILES = ("results.jsonl", "results.csv", "summary.json", "report.html", "metrics.json", "per_image.csv")
+RUN_FILES = (
+    "results.jsonl", "results.csv", "summary.json", "report.html", "metrics.json", "per_image.csv",
+    "findings.json",
+)  # fmt: skip
 # the part files of a shard, named with its suffix
 PART_FILES = ("results{part}.jsonl", "summary{part}.json", "metrics{part}.json", "per_image{part}.csv")
 PART_GLOBS = tuple(name.format(part=".shard-*-of-*") for name in PART_FILES)
-WRITTEN_FOLDERS = ("overlays", "maps")  # every image file a run writes lies below one of these
+WRITTEN_FOLDERS = ("overlays", "maps", "evidence")  # every other file a run writes lies below one of these
 
 
 def is_output_folder(folder: Path) -> bool:
@@ -180,7 +183,8 @@ def _run_file(root: Path, file: Path) -> bool:
 
 
 def _linked_folder(out: Path) -> Path | None:
-    """A folder below ``overlays/`` or ``maps/`` that is a symbolic link (vitcam never makes one), if any."""
+    """A folder below the run's own folders (``overlays/``, ...) that is a symbolic link (vitcam never makes
+    one), if any."""
     for name in WRITTEN_FOLDERS:
         for folder, subfolders, _ in os.walk(out / name):
             for sub in subfolders:
@@ -241,7 +245,7 @@ def clear(out: Path, shard: Shard | None) -> None:
 
 
 def _ours(out: Path, link: str) -> bool:
-    """A recorded link is removed only below ``overlays/`` or ``maps/`` and never leads out of them."""
+    """A recorded link is removed only below the run's own folders and never leads out of them."""
     parts = Path(link).parts
     if len(parts) < 2 or parts[0] not in WRITTEN_FOLDERS or ".." in parts:
         return False
