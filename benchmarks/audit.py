@@ -69,6 +69,7 @@ def audit_model(name: str, model: str, kind: str | None, scenes: Path, work: Pat
         "tested": len(findings["shortcuts"]),
         "explain_seconds": round(explain, 2),
         "audit_seconds": round(audit, 2),
+        "analysis_seconds": findings["analysis_seconds"],
         "ratio": round(audit / explain, 3),
     }
 
@@ -76,15 +77,16 @@ def audit_model(name: str, model: str, kind: str | None, scenes: Path, work: Pat
 def table(rows: list[dict[str, Any]], header: str) -> str:
     columns = (
         "model | cue | images | verified findings (class, region) | first is the cue class | covers the "
-        "logo | candidates tested | explain s | audit s | audit / explain"
+        "logo | candidates tested | explain s | audit s | of which analysis s | audit / explain"
     )
-    lines = [header, "", f"| {columns} |", "|---" * 10 + "|"]
+    lines = [header, "", f"| {columns} |", "|---" * 11 + "|"]
     for row in rows:
         found = "; ".join(f"{name} {region}" for name, region in row["verified"]) or "none"
         lines.append(
             f"| {row['model']} | {row['cue'] or '-'} | {row['images']} | {found} | "
             f"{row['first_is_cue_class']} | {row['covers_logo']} | {row['tested']} | "
-            f"{row['explain_seconds']} | {row['audit_seconds']} | {row['ratio']} |"
+            f"{row['explain_seconds']} | {row['audit_seconds']} | {row['analysis_seconds']} | "
+            f"{row['ratio']} |"
         )
     return "\n".join(lines) + "\n"
 
