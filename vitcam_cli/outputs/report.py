@@ -184,7 +184,7 @@ CHART_METRICS = ("adcc", "average_drop", "coherency", "complexity", "insertion",
                  "pointing_game", "energy_in_box", "discrimination")  # fmt: skip
 FAILURES_SHOWN = 200
 
-_TEMPLATES = Environment(
+TEMPLATES = Environment(
     loader=PackageLoader("vitcam_cli.outputs", "templates"), autoescape=select_autoescape(default=True)
 )
 
@@ -213,9 +213,9 @@ def write_report(
     panels = [panel for card in cards for panel in card.panels]
     methods = list(dict.fromkeys(panel.method for panel in panels))
     sort_metrics = [*_ordered_metrics({name for panel in panels for name in panel.metrics}), "probability"]
-    page = _TEMPLATES.get_template("report.html.j2").render(
+    page = TEMPLATES.get_template("report.html.j2").render(
         title=title,
-        style=_STYLE,
+        style=PAGE_STYLE,
         script=_SCRIPT,
         facts=facts,
         columns=columns,
@@ -262,8 +262,8 @@ def _card_view(card: Card) -> dict[str, Any]:
     return {
         "title": card.title,
         "name": name,
-        "original": _picture(card.original, f"{name}, the image explained") if card.original else None,
-        "reference": _picture(card.reference, "the reference image") if card.reference else None,
+        "original": picture_view(card.original, f"{name}, the image explained") if card.original else None,
+        "reference": picture_view(card.reference, "the reference image") if card.reference else None,
         "label": card.label,
         "predicted": card.predicted,
         "wrong": card.wrong,
@@ -286,11 +286,11 @@ def _panel_view(panel: Panel, title: str) -> dict[str, Any]:
         "source": None,
     }
     if panel.thumbnail:
-        view |= _picture(panel.thumbnail, f"{panel.method} heatmap for {panel.class_name} on {title}")
+        view |= picture_view(panel.thumbnail, f"{panel.method} heatmap for {panel.class_name} on {title}")
     return view
 
 
-def _picture(encoded: bytes, alt: str) -> dict[str, Any]:
+def picture_view(encoded: bytes, alt: str) -> dict[str, Any]:
     """An encoded thumbnail as an inline image: its data: URI, size and alternative text."""
     picture = Image.open(io.BytesIO(encoded))
     data = base64.b64encode(encoded).decode("ascii")
@@ -364,7 +364,7 @@ def _colorbar(colormap: str) -> dict[str, Any]:
     }
 
 
-_STYLE = """
+PAGE_STYLE = """
 :root { color-scheme: light; --ink: #1f2328; --muted: #59636e; --line: #d1d9e0; --paper: #fff;
   --ground: #f6f8fa; --mark: #fff1b8; }
 * { box-sizing: border-box; }
