@@ -956,6 +956,52 @@ def merge(
     _run(ctx, action, debug)
 
 
+RunFolder = Annotated[
+    Path,
+    typer.Argument(
+        help="Output folder of a finished 'vitcam explain --save-maps' (or 'vitcam audit') run.",
+        show_default=False,
+    ),
+]
+
+
+@app.command(cls=TidyCommand)
+def compare(
+    ctx: typer.Context,
+    run_a: RunFolder,
+    run_b: RunFolder,
+    out: OutOption = Path("vitcam-compare"),
+    changed_below: Annotated[
+        float,
+        typer.Option(help="An image's maps have changed when their Spearman correlation is below this."),
+    ] = 0.5,
+    fail_over: Annotated[
+        float | None,
+        typer.Option(help="Exit 1 when the share of changed images is above this (0..1; CI gate)."),
+    ] = None,
+    overwrite: OverwriteOption = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print comparison.json to stdout.", rich_help_panel=OUTPUT)
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Compare two runs over the same images (two models, checkpoints or methods), map by map.
+
+    Matches the runs' rows by image file and class, and writes comparison.json, per_image.csv (Spearman
+    and top-10% IoU of each image's two maps) and report.html (where each class's evidence moved) under
+    --out. Exit codes: 0 ok, 1 the --fail-over gate failed, 2 a folder is not a finished run with maps.
+    """
+
+    def action() -> int:
+        from vitcam_cli.commands.compare import CompareOptions, run_compare
+
+        options = CompareOptions(run_a, run_b, out, changed_below, fail_over, overwrite, as_json, quiet)
+        return run_compare(options)
+
+    _run(ctx, action, debug)
+
+
 @app.command(cls=TidyCommand)
 @uses(model=model_spec, overrides=method_overrides)
 def bench(

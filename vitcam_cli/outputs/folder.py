@@ -38,7 +38,7 @@ MARKER_TEXT = (
 # the files of a whole run (a single process, or merged shards)
 RUN_FILES = (
     "results.jsonl", "results.csv", "summary.json", "report.html", "metrics.json", "per_image.csv",
-    "findings.json",
+    "findings.json", "comparison.json",
 )  # fmt: skip
 # the part files of a shard, named with its suffix
 PART_FILES = ("results{part}.jsonl", "summary{part}.json", "metrics{part}.json", "per_image{part}.csv")
@@ -125,6 +125,9 @@ def describe(out: Path) -> str:
     if metrics is not None:
         images = metrics.get("dataset", {}).get("images", "?")
         return f"a vitcam evaluate run: {images} images, {_state(metrics | {'status': 'complete'})}"
+    comparison = _read_json(out / "comparison.json")
+    if comparison is not None:
+        return f"a vitcam comparison: {comparison.get('matched', '?')} images and targets compared"
     parts = sorted({path.name for pattern in PART_GLOBS[1:3] for path in out.glob(pattern)})
     if parts:
         rows = sum(_count_lines(path) for path in out.glob(PART_GLOBS[0]))
