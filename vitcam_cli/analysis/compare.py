@@ -18,6 +18,10 @@ averaged away. On that grid:
 Per target (class or reference) the two runs' mean evidence distributions (``evidence.distribution``) are
 compared: ``moved`` is their total-variation distance (half the L1 distance, 0..1), and the region where
 run B's mean gained most over run A's is the box of the cells whose gain is at least half the peak gain.
+
+Targets are ranked by their mean Spearman, least agreement first (``moved`` breaks ties): a mean of
+per-pair correlations does not depend on how many images a class has, whereas the distance between two
+means of a few noisy maps is larger the fewer they are, and would rank a class of three images first.
 """
 
 from __future__ import annotations
@@ -271,7 +275,7 @@ class Evidence:
 
 @dataclass
 class Comparison:
-    """Two runs compared: every matched pair, every target's shift (most moved first), and counts."""
+    """Two runs compared: every matched pair, every target's shift (least agreement first), and counts."""
 
     runs: tuple[RunMaps, RunMaps]
     changed_below: float
@@ -366,7 +370,7 @@ def compare_runs(run_a: Path, run_b: Path, changed_below: float = CHANGED_BELOW)
     size = b.input_size or a.input_size
     shifts = sorted(
         (evidence.shift(size) for evidence in by_target.values()),
-        key=lambda shift: (-shift.moved, _order(shift.class_index, shift.reference)),
+        key=lambda shift: (shift.spearman, -shift.moved, _order(shift.class_index, shift.reference)),
     )
     unmatched = (len(a.rows) - len(matched), len(b.rows) - len(matched))
     return Comparison((a, b), changed_below, pairs, shifts, unmatched)

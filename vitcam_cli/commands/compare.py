@@ -81,7 +81,7 @@ def _text(value: object) -> object:
 
 
 def summary_table(comparison: Comparison) -> Table:
-    """The comparison in a few lines: the totals, then the most moved classes."""
+    """The comparison in a few lines: the totals, then the classes whose maps agree least."""
     table = Table(title="vitcam compare", title_justify="left")
     for name in ("class", "pairs", "changed", "Spearman", "top IoU", "moved", "moved to (x1,y1,x2,y2)"):
         table.add_column(name, justify="left" if name == "class" else "right")

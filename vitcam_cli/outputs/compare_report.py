@@ -24,7 +24,7 @@ from vitcam_cli.outputs.report import (
 )
 from vitcam_cli.paths import fs_text
 
-CLASSES_SHOWN = 6  # the most moved classes drawn side by side
+CLASSES_SHOWN = 6  # the classes that agree least, drawn side by side
 IMAGES_SHOWN = 12  # the images whose maps changed most
 PICTURE_SIDE = 160  # pixels of a drawn map
 STYLE = (
