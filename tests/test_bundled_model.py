@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import SAMPLE_SCENES
 from tests.test_cli import VITCAM, rows_of, run
@@ -51,6 +52,12 @@ def test_quickstart_runs_offline_and_the_model_is_really_trained(tmp_path):
     assert correct >= 15, f"{correct}/30 predictions match the labels (chance is 3/30)"
     assert all(0.0 <= r["adcc"] <= 1.0 for r in rows)
     assert all((out / r["overlay"]).is_file() for r in rows)
+    # the overlays the README shows are the ones this command writes (a change of default redraws them)
+    for shown in sorted((REPO / "docs" / "quickstart").glob("*.png")):
+        written = np.asarray(Image.open(out / "overlays" / "images" / f"{shown.name}.png").convert("RGB"))
+        expected = np.asarray(Image.open(shown).convert("RGB"))
+        assert written.shape == expected.shape
+        assert np.abs(written.astype(int) - expected).max() <= 2, f"redraw {shown} with the quickstart"
 
 
 def evaluate_samples(out: Path, *args: str, model: str = "fashion-vit") -> tuple[int, str, str]:
