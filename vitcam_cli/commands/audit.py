@@ -49,8 +49,10 @@ class AuditOptions(ExplainOptions):
         super().check()
         if self.references or self.pairs is not None or self.embeddings is not None:
             raise ParameterError("references", "an audit explains classes; similarity targets have none")
-        if self.audit.images_per_test < 2 or self.audit.candidates < 0:
+        if self.audit.images_per_test < 2:
             raise ParameterError("images_per_test", "needs at least 2 images per test")
+        if self.audit.candidates < 0:
+            raise ParameterError("candidates", "must be 0 or more")
 
 
 class Audit(Explain):
