@@ -76,8 +76,8 @@ def vitcam(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def engine_rate(model: str, engine_args: list[str] = ENGINE_ARGS) -> float:
-    """Images/s of the engine alone (``vitcam bench``, the default method) on random tensors."""
-    bench = vitcam("bench", "--model", model, *engine_args, "--variant", "openvino-xai", "--json")
+    """Images/s of the engine alone (``vitcam bench``) on random tensors."""
+    bench = vitcam("bench", "--model", model, *engine_args, "--json")
     return json.loads(bench.stdout)["explain_images_per_s"]
 
 
@@ -195,13 +195,15 @@ def stages(
     return result
 
 
-def measure_folder(model: str, folder: Path, work: Path, repeat: int, extra: list[str]) -> dict[str, Any]:
-    """``repeat`` pairs of (engine alone, end to end), each pair run back to back so that the machine's
-    drift hits both alike; the medians of the rates and of the pairs' ratios."""
+def measure_folder(
+    model: str, folder: Path, work: Path, repeat: int, method: list[str], extra: list[str]
+) -> dict[str, Any]:
+    """``repeat`` pairs of (engine alone, end to end) with the same ``method`` options, each pair run
+    back to back so that the machine's drift hits both alike; the medians of the rates and the ratios."""
     pairs = []
     for index in range(repeat):
-        engine = engine_rate(model)
-        run = end_to_end(model, folder, work / f"out-{folder.name}-{index}", extra)
+        engine = engine_rate(model, [*ENGINE_ARGS, *method])
+        run = end_to_end(model, folder, work / f"out-{folder.name}-{index}", [*method, *extra])
         pairs.append((engine, run))
     run = pairs[-1][1]
     return {
@@ -221,26 +223,30 @@ def main() -> None:
     parser.add_argument("--imagenet", type=int, default=480, help="ImageNet-size photos in the folder")
     parser.add_argument("--phone", type=int, default=160, help="12-MP photos in the folder")
     parser.add_argument("--repeat", type=int, default=3, help="(engine, end to end) pairs per folder")
+    parser.add_argument("--variant", help="the preset of both the engine and explain (default: vitcam's)")
     parser.add_argument("--explain-args", nargs="*", default=[], help="extra options for vitcam explain")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--name", default="pipeline-cpu")
     args = parser.parse_args()
 
-    from vitcam_cli.defaults import DEFAULT_OVERLAY_SIDE
+    from vitcam_cli.defaults import DEFAULT_OVERLAY_SIDE, DEFAULT_PRESET
     from vitcam_cli.runtime import device_name, library_versions
 
+    variant = args.variant or DEFAULT_PRESET
+    method = ["--variant", variant]  # named to both: bench's own default is every published preset
     folders: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for kind, count in (("imagenet", args.imagenet), ("phone", args.phone)):
             folder = work / kind
             make_folder(folder, kind, count)
-            run = measure_folder(args.model, folder, work, args.repeat, args.explain_args)
+            run = measure_folder(args.model, folder, work, args.repeat, method, args.explain_args)
             overlay = {"side": DEFAULT_OVERLAY_SIDE, "format": "jpg"}
             run["stages_ms_per_image"] = stages(args.model, folder, run["engine_images_per_s"], overlay)
             folders[kind] = run
     result = {
         "model": args.model,
+        "variant": variant,
         "explain_args": EXPLAIN_ARGS + args.explain_args,
         "device": device_name(torch.device("cpu")),
         "cores": os.cpu_count(),
@@ -257,8 +263,9 @@ def main() -> None:
 def markdown(result: dict[str, Any]) -> str:
     repeats = len(next(iter(result["folders"].values()))["runs"])
     lines = [
-        f"`vitcam explain` end to end against its engine (`vitcam bench --variant openvino-xai`, run just "
-        f"before each explain run): {result['model']}, `{' '.join(result['explain_args'])}`, "
+        f"`vitcam explain` end to end against its engine (`vitcam bench`, run just before each explain "
+        f"run), both with the `{result['variant']}` preset: {result['model']}, "
+        f"`{' '.join(result['explain_args'])}`, "
         f"{result['device']}, {result['date']}. Medians of {repeats} pairs.",
         "",
         "| folder | images | engine images/s | explain images/s | vs the engine "
