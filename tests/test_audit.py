@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from PIL import Image
 from tests.conftest import SAMPLE_SCENES
 from tests.test_cli import rows_of, run
 from vitcam_cli import Explainer
+from vitcam_cli.errors import ParameterError
 
 REPO = Path(__file__).parents[1]
 SCENES = Path(__file__).parent / "data" / "logo_scenes"
@@ -180,3 +182,49 @@ def test_a_resumed_audit_analyses_only_the_images_still_given(tmp_path):
     result = findings(out)
     assert result["images"] == 42 and len(rows_of(out)) == 43  # the kept row stays in the rows
     assert all("test_03045" not in path for item in result["shortcuts"] for path in item["images"])
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("name,x1\nx.png,1\n", "must be the header"),
+        ("file,x1,y1,x2,y2\ntest_03045.png,9,1,2,10\n", "needs x1 < x2"),
+        ("file,x1,y1,x2,y2\nnot_there.png,1,1,10,10\n", "names none of the 43 input images"),
+    ],
+)
+def test_a_bad_boxes_file_is_refused_before_any_image_is_explained(content, words, tmp_path):
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text(content)
+    out = tmp_path / "audit"
+    code, _, stderr = audit("fashion-vit", SCENES / "images", out, "--boxes", str(boxes))
+    assert code == 2 and stderr.count("\n") == 1 and words in stderr and "--boxes" in stderr, stderr
+    assert not (out / "results.jsonl").exists() and not (out / "maps").exists()
+
+
+def test_an_audit_with_no_image_explained_says_so(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.png"):
+        (images / name).write_bytes(b"not an image")
+    out = tmp_path / "audit"
+    code, _, stderr = run("audit", str(images), "--model", "fashion-vit", "--workers", "0", "-o", str(out))
+    assert code == 1 and "no findings.json was written" in stderr
+    assert not (out / "findings.json").exists() and (out / "report.html").is_file()
+
+
+def test_the_api_checks_its_arguments_as_the_command_line_does():
+    explainer = Explainer("fashion-vit")
+    images = sorted((SCENES / "images").iterdir())[:4]
+    cases = [
+        ({"images": []}, "images"),
+        ({"images": images, "images_per_test": 1}, "images_per_test=1"),
+        ({"images": images, "candidates": -1}, "candidates=-1"),
+        ({"images": images, "boxes": [[(9, 1, 2, 10)], [], [], []]}, "x1 < x2"),
+        ({"images": images, "boxes": [[(1, 2)], [], [], []]}, "each box is"),
+        ({"images": images, "boxes": [[]]}, "one list of boxes per image"),
+    ]
+    for arguments, words in cases:
+        with pytest.raises(ParameterError, match=re.escape(words)):
+            explainer.audit(**arguments)
+    with pytest.raises(ParameterError, match="each box is"):
+        explainer.scores(explainer(images[:1]), boxes=[[(1, 2)]])

@@ -176,3 +176,43 @@ def test_maps_of_different_grids_meet_on_the_finer_one():
     assert np.allclose(fine[1:3, 1:3], [[0.75, 1.25], [1.75, 2.25]])  # cell centres aligned
     assert spearman(np.ones((4, 4)), fine) == 0.0  # a constant map ranks nothing: no NaN
     assert top_iou(fine, fine) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("spoil", "words"),
+    [
+        (lambda path: np.save(path, np.full((14, 14), np.nan, dtype=np.float32)), "is not a finite 2-D map"),
+        (lambda path: path.write_bytes(b"\x93NUMPY broken"), "cannot be read"),
+    ],
+)
+def test_a_spoilt_map_is_refused_by_its_file(runs, spoil, words, tmp_path):
+    clean, logo = runs
+    copy = tmp_path / "logo"
+    shutil.copytree(logo, copy)
+    spoilt = sorted((copy / "maps").iterdir())[3]
+    spoil(spoilt)
+    code, _, stderr = compare(clean, copy, "-o", tmp_path / "out", "-q")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert words in stderr and spoilt.name in stderr and stderr.startswith("error: RUN_B"), stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unfinished_run_is_compared_with_a_warning(runs, tmp_path):
+    clean, logo = runs
+    copy = tmp_path / "logo"
+    shutil.copytree(logo, copy)
+    summary = json.loads((copy / "summary.json").read_text())
+    (copy / "summary.json").write_text(json.dumps(summary | {"status": "failed"}))
+    code, _, stderr = compare(clean, copy, "-o", tmp_path / "out", "-q")
+    assert code == 0 and "did not finish (status 'failed')" in stderr
+
+
+def test_a_run_whose_every_image_failed_is_named_so(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"not an image")
+    code, _, stderr = run("explain", images, "--model", "fashion-vit", "--save-maps", "-o", tmp_path / "run",
+                          *FAST)  # fmt: skip
+    assert code == 1, stderr
+    code, _, stderr = compare(tmp_path / "run", tmp_path / "run", "-o", tmp_path / "out", "-q")
+    assert code == 2 and "explained no image (every row failed" in stderr and "--save-maps" not in stderr

@@ -15,6 +15,7 @@ the same method and engine), so a map from here equals the one the command line 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 
 from vitcam_cli.analysis.audit import AuditResult, AuditSettings, run_audit
 from vitcam_cli.analysis.evidence import box_cells
-from vitcam_cli.data import DecodePlan, describe_decode_error
+from vitcam_cli.data import Box, DecodePlan, describe_decode_error
 from vitcam_cli.defaults import (
     DEFAULT_ALPHA,
     DEFAULT_COLORMAP,
@@ -255,8 +256,15 @@ class Explainer:
         ``boxes``: each image's objects (x1, y1, x2, y2 in the original's pixels): evidence inside them
         is no shortcut. ``result.to_json()`` is findings.json."""
         listed = list(images)
+        settings = AuditSettings(candidates, images_per_test)
+        settings.check()
+        if not listed:
+            raise ParameterError("images", "an audit needs at least one image")
         if labels is not None and len(labels) != len(listed):
             raise ParameterError("labels", f"needs one label per image ({len(listed)}), not {len(labels)}")
+        if boxes is not None and len(boxes) != len(listed):
+            raise ParameterError("boxes", f"needs one list of boxes per image ({len(listed)})", len(boxes))
+        checked = None if boxes is None else [[self._box(box) for box in image] for image in boxes]
         maps, classes, inputs, sources = [], [], [], []
         for start in range(0, len(listed), AUDIT_BATCH):
             chunk = listed[start : start + AUDIT_BATCH]
@@ -269,10 +277,10 @@ class Explainer:
         stacked = torch.cat(inputs)
         size = (stacked.shape[-2], stacked.shape[-1])
         grid = maps[0].shape[1:]
-        inside = None if boxes is None else self._audit_boxes(boxes, sources, classes, grid, size)
+        inside = None if checked is None else self._audit_boxes(checked, sources, classes, grid, size)
         found = run_audit(
             np.concatenate(maps), classes, self.class_names, lambda indices: stacked[indices].to(self.device),
-            self.loaded.model, self.method.reading, size, inside, AuditSettings(candidates, images_per_test),
+            self.loaded.model, self.method.reading, size, inside, settings,
         )  # fmt: skip
         found.paths = [
             str(image) if isinstance(image, str | Path) else f"image {i}" for i, image in enumerate(listed)
@@ -281,18 +289,17 @@ class Explainer:
 
     def _audit_boxes(
         self,
-        boxes: Sequence[Sequence[Sequence[float]]],
+        boxes: list[list[tuple[Box, int | None]]],
         sources: list[Source],
         classes: list[int],
         grid: tuple[int, ...],
         size: tuple[int, int],
     ) -> list[np.ndarray | None]:
-        """Each image's share of every cell inside its boxes, in the model's input frame."""
-        if len(boxes) != len(sources):
-            raise ParameterError("boxes", f"needs one list of boxes per image ({len(sources)})")
+        """Each image's share of every cell inside its explained class's boxes (all its boxes when they
+        carry no label), in the model's input frame."""
         inside: list[np.ndarray | None] = []
-        for image, source in zip(boxes, sources, strict=True):
-            corners = [(float(box[0]), float(box[1]), float(box[2]), float(box[3])) for box in image]
+        for image, source, target in zip(boxes, sources, classes, strict=True):
+            corners = [box for box, label in image if label in (None, target)]
             placed = input_boxes(corners, source.view, size, *source.size)
             inside.append(box_cells(placed, (grid[0], grid[1]), size) if placed else None)
         return inside
@@ -411,8 +418,21 @@ class Explainer:
         size = (result.inputs.shape[-2], result.inputs.shape[-1])
         moved = []
         for image, source in zip(boxes, result.sources, strict=True):
-            corners = [(float(box[0]), float(box[1]), float(box[2]), float(box[3])) for box in image]
-            placed = input_boxes(corners, source.view, size, *source.size)
-            labels = [self.loaded.resolve_class(str(box[4])) if len(box) > 4 else None for box in image]
-            moved.append(list(zip(placed, labels, strict=True)))
+            checked = [self._box(box) for box in image]
+            placed = input_boxes([box for box, _ in checked], source.view, size, *source.size)
+            moved.append(list(zip(placed, [label for _, label in checked], strict=True)))
         return BoxMasks.build(moved, size, self.device)
+
+    def _box(self, box: Sequence[Any]) -> tuple[Box, int | None]:
+        """(x1, y1, x2, y2) or (x1, y1, x2, y2, label) checked as a boxes file's row is: four finite
+        numbers with x1 < x2 and y1 < y2, the label a class index or name."""
+        if len(box) not in (4, 5):
+            raise ParameterError("boxes", "each box is (x1, y1, x2, y2) or (x1, y1, x2, y2, label)", box)
+        try:
+            x1, y1, x2, y2 = (float(value) for value in box[:4])
+        except (TypeError, ValueError) as error:
+            raise ParameterError("boxes", "coordinates must be numbers", box) from error
+        if not all(math.isfinite(value) for value in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
+            raise ParameterError("boxes", "needs finite coordinates with x1 < x2 and y1 < y2", box)
+        label = self.loaded.resolve_class(str(box[4])) if len(box) == 5 else None
+        return (x1, y1, x2, y2), label

@@ -536,11 +536,20 @@ def read_boxes(
     boxes (and no localisation metrics)."""
     match = ItemMatcher(items, path)
     boxes: dict[Path, list[GroundTruthBox]] = {item.path: [] for item in items}
+    rows = 0
     for line, row in _read_csv(path, ("file", "x1", "y1", "x2", "y2"), "boxes"):
+        rows += 1
         item = match(row["file"])
         if item is None:
             continue
         boxes[item].append(_box(row, line, path, resolve))
+    if rows and items and not any(boxes.values()):
+        raise ParameterError(
+            "boxes",
+            f"names none of the {len(items)} input images: give each file as on the command line, "
+            "relative to the inputs' folder or to the CSV's folder, or by its bare name",
+            path,
+        )
     return boxes
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from vitcam_cli.analysis.evidence import ClassEvidence, class_evidence, distribution
 from vitcam_cli.analysis.shortcuts import DROP, GAIN, Candidate, Test, candidates, pixels, region_mass, test
 from vitcam_cli.analysis.strategies import Strategy, strategies
+from vitcam_cli.errors import ParameterError
 from vitcam_cli.targets import Reading
 
 CHUNK = 32  # images per forward pass in the interventions
@@ -27,6 +28,13 @@ class AuditSettings:
     candidates: int = 10  # classes whose most distinctive region is tested by intervention
     images_per_test: int = 48  # of the class (blanked), and of the other classes (pasted into)
     seed: int = 0
+
+    def check(self) -> None:
+        """A test needs two images a side for its interval; a negative count is a mistake, not a slice."""
+        if self.images_per_test < 2:
+            raise ParameterError("images_per_test", "needs at least 2 images per test", self.images_per_test)
+        if self.candidates < 0:
+            raise ParameterError("candidates", "must be 0 or more", self.candidates)
 
 
 @dataclass

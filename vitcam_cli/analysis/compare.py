@@ -59,6 +59,11 @@ class RunMaps:
     summary: dict[str, Any]
     rows: dict[Key, Row]
     skipped: int  # rows not compared: failed images, rows without a map
+    parameter: str = "run_a"  # how errors name the folder
+
+    @property
+    def finished(self) -> bool:
+        return self.summary.get("status") == "complete"
 
     @property
     def model(self) -> str | None:
@@ -76,8 +81,24 @@ class RunMaps:
         return (int(size[-2]), int(size[-1])) if size else None
 
     def saliency(self, row: Row) -> np.ndarray:
-        """A row's raw map, as saved (float64 for the statistics)."""
-        return np.load(self.folder / (row.map or ""), allow_pickle=False).astype(np.float64)
+        """A row's raw map, as saved (float64 for the statistics); a map that cannot be read, or holds
+        NaN or inf, is refused by its file."""
+        path = self.folder / (row.map or "")
+        try:
+            saliency = np.load(path, allow_pickle=False).astype(np.float64)
+        except (OSError, ValueError, EOFError) as error:
+            raise ParameterError(
+                self.parameter,
+                f"map {literal(path)} cannot be read ({literal((str(error) or type(error).__name__).splitlines()[0])}): rerun explain "
+                "on its image",
+                self.folder,
+            ) from error  # fmt: skip
+        if saliency.ndim != 2 or not np.isfinite(saliency).all():
+            raise ParameterError(
+                self.parameter, f"map {literal(path)} is not a finite 2-D map: rerun explain on its image",
+                self.folder,
+            )  # fmt: skip
+        return saliency
 
     def overlay(self, row: Row) -> Path | None:
         """A row's overlay file, when the run wrote one and it is still there."""
@@ -100,18 +121,21 @@ def read_run(folder: Path, parameter: str) -> RunMaps:
     summary = earlier_summary(folder)
     origin = Path(summary.get("cwd") or Path.cwd())  # what the rows' relative paths are relative to
     rows: dict[Key, Row] = {}
-    skipped = 0
+    skipped = failed = 0
     for row in read_rows(results):
+        failed += not row.ok
         if not (row.ok and row.map and (folder / row.map).is_file()):
             skipped += 1
             continue
         file = resolved(absolute(origin / row.path))
         rows.setdefault((file, row.class_index, row.reference), row)
+    if not rows and failed == skipped and failed:
+        raise ParameterError(parameter, "explained no image (every row failed; its rows say why)", folder)
     if not rows:
         raise ParameterError(
             parameter, "holds no saved maps: rerun explain with {save_maps} (audit always saves them)", folder
         )
-    return RunMaps(folder, summary, rows, skipped)
+    return RunMaps(folder, summary, rows, skipped, parameter)
 
 
 def common_grid(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

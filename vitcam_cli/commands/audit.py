@@ -9,6 +9,7 @@ run's rows and summary, ``evidence/class-N.npy``, ``findings.json`` and an audit
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from rich.table import Table
 from vitcam_cli.analysis.audit import AuditResult, AuditSettings, run_audit
 from vitcam_cli.analysis.evidence import box_cells
 from vitcam_cli.commands.explain import Explain, ExplainOptions
-from vitcam_cli.data import DecodePlan, read_boxes
+from vitcam_cli.data import DecodePlan, GroundTruthBox, read_boxes
 from vitcam_cli.distributed import Shard
 from vitcam_cli.errors import ParameterError
 from vitcam_cli.outputs.atomic import write_atomic, write_json_atomic
@@ -49,10 +50,7 @@ class AuditOptions(ExplainOptions):
         super().check()
         if self.references or self.pairs is not None or self.embeddings is not None:
             raise ParameterError("references", "an audit explains classes; similarity targets have none")
-        if self.audit.images_per_test < 2:
-            raise ParameterError("images_per_test", "needs at least 2 images per test")
-        if self.audit.candidates < 0:
-            raise ParameterError("candidates", "must be 0 or more")
+        self.audit.check()
 
 
 class Audit(Explain):
@@ -63,6 +61,13 @@ class Audit(Explain):
         self.options: AuditOptions = options
         self.result: AuditResult | None = None
         self.quiet = False
+        self.boxes: dict[Path, list[GroundTruthBox]] = {}
+
+    def _check_inputs(self) -> None:
+        """The boxes are read (and a bad file refused) before the first image is explained."""
+        if self.options.boxes is not None:
+            assert self.loaded is not None
+            self.boxes = read_boxes(self.options.boxes, self.items, self.loaded.resolve_class)
 
     def run(self, shard: Shard | None, device: torch.device, quiet: bool) -> int:
         self.quiet = quiet
@@ -70,8 +75,15 @@ class Audit(Explain):
 
     def _report(self, summary: dict[str, Any], writer: ExplainWriter, counts: Counts, status: str) -> None:
         """Once every image is explained: the analysis; an interrupted run gets explain's report."""
-        if status != "complete" or not self._audit(summary):
-            super()._report(summary, writer, counts, status)
+        if status == "complete" and self._audit(summary):
+            return
+        super()._report(summary, writer, counts, status)
+        if status == "complete" and not self.quiet:
+            print(
+                "audit: no image has a map, so nothing was analysed and no findings.json was written "
+                "(the rows say why each image failed)",
+                file=sys.stderr,
+            )
 
     def merge(self, folders: list[Path], destination: Path, quiet: bool) -> int:
         """Under torchrun, rank 0 merges the ranks' rows, then analyses them all (it holds the model)."""
@@ -135,8 +147,7 @@ class Audit(Explain):
         boxes when they carry no label), in the model's input frame."""
         if self.options.boxes is None:
             return None
-        boxes = read_boxes(self.options.boxes, self.items, self.loaded.resolve_class)
-        by_file = {item.file: boxes.get(item.path, []) for item in self.items}
+        by_file = {item.file: self.boxes.get(item.path, []) for item in self.items}
         inside = []
         for row in rows:
             given = by_file.get(resolved(Path(row.path)), [])
@@ -171,7 +182,8 @@ class Audit(Explain):
 def findings_table(findings: dict[str, Any]) -> Table:
     """The tested candidates: verified findings first."""
     table = Table(title="vitcam audit: shortcut candidates, tested", title_justify="left")
-    for column in ("class", "region x1,y1,x2,y2", "verified", "blanked: drop", "pasted: gain", "flips"):
+    columns = ("class", "region x1,y1,x2,y2", "verified", "blanked: relative drop", "pasted: gain", "flips")
+    for column in columns:
         table.add_column(column)
     for item in findings["shortcuts"]:
         drop, gain = item["relative_drop"], item["pasted_gain"]

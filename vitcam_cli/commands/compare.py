@@ -123,6 +123,11 @@ def run_compare(options: CompareOptions, stdout: TextIO | None = None) -> int:
     options.check()
     refuse_out_in_runs(options.out, {"run_a": options.run_a, "run_b": options.run_b})
     comparison = compare_runs(options.run_a, options.run_b, options.changed_below)
+    for run in comparison.runs:
+        if not run.finished:  # even when quiet: a gate passed on half a run must not pass unseen
+            status = run.summary.get("status")
+            warning = f"warning: {{{run.parameter}}} {literal(run.folder)} did not finish (status {status!r})"
+            print(render(f"{warning}: only its finished rows are compared"), file=sys.stderr)
     refuse_reuse(options.out, None, resume=False, overwrite=options.overwrite, resumable=False)
     refuse_foreign_files(options.out)
     record = _record(comparison, options)

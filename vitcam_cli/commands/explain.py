@@ -244,6 +244,7 @@ class Explain:
         items = shard.take(items) if shard else items
         name, method, described, loaded = explain_method(options, plan.loaded)
         self.loaded, self.device, self.items = loaded, device, every  # what a run's sinks (an audit) need
+        self._check_inputs()
         recorded = self._settings(loaded, request, method, described)
         part = shard.suffix if shard else ""
         earlier = earlier_summary(options.out, part) if options.skip_existing else {}
@@ -301,6 +302,9 @@ class Explain:
         if self.interrupted is not None:
             return self.interrupted
         return EXIT_SOME_FAILED if counts.images_error else EXIT_OK
+
+    def _check_inputs(self) -> None:
+        """Before anything is written: refuse inputs a sink would only read after every image (none here)."""
 
     def _finish(
         self,
