@@ -210,6 +210,56 @@ def test_resume_knows_images_however_the_inputs_are_spelled(tiny_model, tmp_path
     assert len(rows_of(tmp_path / "out")) == 3
 
 
+def test_a_resume_whose_inputs_share_a_name_with_earlier_ones_keeps_both(tiny_model, tmp_path):
+    """``P/a/x.png`` then ``P/x.png``: each invocation names its image ``x.png``; the newcomer is tagged."""
+    picture(tmp_path / "P" / "a" / "x.png", seed=50)
+    picture(tmp_path / "P" / "x.png", seed=51)
+    out = tmp_path / "out"
+    for image in ("P/a/x.png", "P/x.png"):
+        code, _, stderr = explain(tiny_model, str(tmp_path / image), "-o", str(out), "--save-maps",
+                                  "--skip-existing")  # fmt: skip
+        assert code == 0, stderr
+    first = (out / "overlays" / "x.png.png").read_bytes()
+    rows = rows_of(out)
+    assert len(rows) == 2 and len({row["overlay"] for row in rows}) == len({row["map"] for row in rows}) == 2
+    assert rows[1]["overlay"].startswith("overlays/x.png%~") and (out / rows[1]["overlay"]).is_file()
+    assert (out / rows[0]["overlay"]).read_bytes() == first  # the earlier overlay untouched
+    code, _, stderr = explain(
+        tiny_model, str(tmp_path / "P"), "-o", str(out), "--save-maps", "--skip-existing"
+    )
+    assert code == 0, stderr
+    assert len(rows_of(out)) == 2  # both known by their files
+
+
+def test_a_hard_link_is_the_same_image_to_resume(tiny_model, tmp_path):
+    folder = noise_folder(tmp_path / "images", 2, seed=52)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for name in ("0.png", "1.png"):
+        os.link(folder / name, linked / name)
+    out = tmp_path / "out"
+    assert explain(tiny_model, str(folder), "-o", str(out))[0] == 0
+    code, _, stderr = explain(tiny_model, str(linked), "-o", str(out), "--skip-existing")
+    assert code == 0, stderr
+    assert len(rows_of(out)) == 2
+
+
+def test_no_input_can_be_named_like_a_shortened_name():
+    """A legal name equal to another's shortened form (prefix, mark, hash) still gets its own outputs."""
+    from pathlib import PurePosixPath
+
+    from vitcam_cli.outputs.names import output_link
+
+    long_name = "c" * 251 + ".png"
+    shortened = output_link("o", PurePosixPath(long_name), "png").split("/")[-1]
+    lookalike = shortened.removesuffix(".png")  # its overlay would be exactly the shortened name
+    assert len(lookalike.encode()) <= NAME_MAX
+    own = output_link("o", PurePosixPath(lookalike), "png")
+    assert own != output_link("o", PurePosixPath(long_name), "png")
+    tagged = output_link("o", PurePosixPath("x.png"), "png", tag="0" * 16)
+    assert tagged != output_link("o", PurePosixPath("x.png%~" + "0" * 16), "png")
+
+
 def test_one_file_named_twice_is_one_image(tiny_model, tmp_path):
     folder = noise_folder(tmp_path / "images", 2, seed=41)
     (tmp_path / "alias").symlink_to(folder)
@@ -336,3 +386,85 @@ def test_endless_side_files_are_one_line_not_read_whole(tiny_model, tmp_path, im
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=_limited_memory)
     assert result.returncode == 2, result.stderr
     assert "/dev/zero" in one_line(result.stderr)
+
+
+# -- the same faults found elsewhere
+
+
+def test_a_config_file_in_out_is_an_input_and_never_written_over(tiny_model, tmp_path, images_of_three):
+    out = tmp_path / "out"
+    out.mkdir()
+    config = out / "report.html"
+    config.write_text("alpha = 0.4\n")
+    code, _, stderr = explain(tiny_model, str(images_of_three), "--config", str(config), "-o", str(out))
+    assert code == 2 and "has the name of a file this run writes" in one_line(stderr)
+    assert config.read_text() == "alpha = 0.4\n"
+
+
+def test_a_linked_overlays_folder_itself_is_refused(tiny_model, tmp_path, images_of_three):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "overlays").symlink_to(elsewhere)
+    code, _, stderr = explain(tiny_model, str(images_of_three), "-o", str(out))
+    assert code == 2 and "is a link" in one_line(stderr)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_full_disk_at_the_first_write_is_one_line(tiny_model, tmp_path, monkeypatch, images_of_three):
+    import vitcam_cli.outputs.atomic as atomic
+
+    def full(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic, "_replacing", full)
+    code, _, stderr = explain(tiny_model, str(images_of_three), "-o", str(tmp_path / "out"))
+    assert code == 2 and "No space left on device" in one_line(stderr) and "OSError" not in stderr
+
+
+def test_resume_without_a_summary_or_into_unmerged_shards_knows_the_weights(tmp_path, images_of_three):
+    model = export_tiny_model(tmp_path / "model", seed=0)
+    shards = tmp_path / "shards"
+    for index in (0, 1):
+        code, _, stderr = explain(model, str(images_of_three), "-o", str(shards), "--shard", f"{index}/2")
+        assert code == 0, stderr
+    lone = tmp_path / "lone"
+    assert explain(model, str(images_of_three), "-o", str(lone))[0] == 0
+    (lone / "summary.json").unlink()
+    export_tiny_model(model, seed=1)
+    code, _, stderr = explain(model, str(images_of_three), "-o", str(shards), "--skip-existing")
+    assert code == 2 and "other weights" in one_line(stderr)
+    code, _, stderr = explain(model, str(images_of_three), "-o", str(lone), "--skip-existing")
+    assert code == 2 and "no summary.json" in one_line(stderr)
+
+
+def test_a_refused_resume_names_the_setting_that_changed(tiny_model, tmp_path, images_of_three):
+    out = tmp_path / "out"
+    assert explain(tiny_model, str(images_of_three), "-o", str(out))[0] == 0
+    code, _, stderr = explain(tiny_model, str(images_of_three), "-o", str(out), "--skip-existing",
+                              "--alpha", "0.3")  # fmt: skip
+    assert code == 2 and "alpha 0.5, now 0.3" in one_line(stderr)
+
+
+def test_a_nul_separated_list_is_one_line(tiny_model, tmp_path, images_of_three):
+    listing = tmp_path / "list"
+    listing.write_bytes(b"\0".join(os.fsencode(str(p)) for p in sorted(images_of_three.iterdir())) + b"\0")
+    code, _, stderr = explain(tiny_model, "--files-from", str(listing), "-o", str(tmp_path / "out"))
+    assert code == 2 and "NUL byte" in one_line(stderr)
+
+
+@pytest.mark.parametrize("name", ["summary.json", ".vitcam-files", "results.jsonl"])
+def test_run_files_replaced_by_endless_ones_are_one_line(tiny_model, tmp_path, images_of_three, name):
+    out = tmp_path / "out"
+    assert explain(tiny_model, str(images_of_three), "-o", str(out))[0] == 0
+    (out / name).unlink()
+    (out / name).symlink_to("/dev/zero")
+    for extra in ("--skip-existing", "--overwrite"):
+        command = [*VITCAM, "explain", str(images_of_three), "--model", f"local-dir:{tiny_model}", "-q",
+                   "--workers", "0", "-o", str(out), extra]  # fmt: skip
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=300, preexec_fn=_limited_memory
+        )
+        assert result.returncode in (0, 2) and "MemoryError" not in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and result.stderr.count("\n") <= 1, result.stderr

@@ -575,6 +575,8 @@ def _options(kind: type, given: dict[str, Any], batch_size: int, **computed: Any
     batch size goes into the run settings."""
     names = {field.name for field in dataclasses.fields(kind)}
     chosen = {name: value for name, value in given.items() if name in names}
+    if "config" in names and given.get("launch") is not None:  # read beside the inputs: never written over
+        chosen["config"] = given["launch"].config
     run = dataclasses.replace(given["run"], batch_size=batch_size)
     return kind(**chosen | computed | {"run": run})
 
@@ -586,6 +588,7 @@ class Launch:
     shard: str | None
     quiet: bool
     debug: bool
+    config: Path | None = None
 
     def start(self, context: typer.Context, make: Callable[[], Any], device: str) -> None:
         """Run the command ``make()`` builds: in this process, as a shard or as a torchrun rank."""
@@ -606,7 +609,7 @@ def launch_settings(
     debug: DebugOption = False,
 ) -> Launch:
     """The options every run command takes (``config`` acts through its callback)."""
-    return Launch(shard, quiet, debug)
+    return Launch(shard, quiet, debug, config)
 
 
 @app.command(cls=TidyCommand)

@@ -93,7 +93,15 @@ def read_path_list(source: str, stdin: IO[bytes] | None = None) -> list[Path]:
         raise ParameterError("files_from", "standard input is closed: pipe the paths in, or name a file", "-")
     else:
         lines = lines_of(stdin or sys.stdin.buffer, "files_from", "-")
-    return [_listed(line) for line in lines if line.strip()]
+    listed = []
+    for number, line in enumerate(lines, start=1):
+        if "\0" in line:  # no path holds one: a NUL-separated list (find -print0)
+            raise ParameterError(
+                "files_from", f"line {number} holds a NUL byte: list one path per line (find -print)", source
+            )
+        if line.strip():
+            listed.append(_listed(line))
+    return listed
 
 
 def _listed(line: str) -> Path:

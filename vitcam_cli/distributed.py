@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from vitcam_cli.errors import ParameterError, VitcamError, literal
+from vitcam_cli.textfiles import SUMMARY_LIMIT, read_whole
 
 T = TypeVar("T")
 
@@ -125,7 +126,7 @@ def collect_shards(
             sizes.add(count)
             if index in found:
                 raise VitcamError(f"shard {index}/{count} appears twice ({found[index][0]} and {folder})")
-            found[index] = (folder, json.loads(path.read_text()))
+            found[index] = (folder, json.loads(read_whole(path, "folders", SUMMARY_LIMIT).decode("utf-8")))
     if not found:
         where = ", ".join(map(str, folders))
         raise VitcamError(f"{where}: no shard summaries ({stem}.shard-I-of-N.json) to merge")

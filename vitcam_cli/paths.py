@@ -19,6 +19,18 @@ def resolved(path: Path) -> Path:
         return absolute(path)
 
 
+FileId = tuple[int, int]  # (device, inode): one file, whatever names (hard links) lead to it
+
+
+def file_id(path: Path) -> FileId | None:
+    """The file behind ``path`` as the file system knows it; None when it cannot be read."""
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (status.st_dev, status.st_ino)
+
+
 def fs_text(path: object) -> str:
     """A path for messages, rows and pages: its undecodable bytes shown as U+FFFD, never an encoding
     error."""

@@ -16,6 +16,7 @@ from vitcam_cli.errors import ParameterError
 
 LINE_LIMIT = 1 << 16  # bytes in one line of a list or CSV: far beyond any path (Linux's PATH_MAX is 4096)
 WHOLE_LIMIT = 16 << 20  # bytes of a file read whole (class names, configs)
+SUMMARY_LIMIT = 64 << 20  # bytes: a summary or metrics file larger than this is not one vitcam wrote
 
 
 def decode(raw: bytes) -> str:
@@ -44,6 +45,13 @@ def open_lines(path: Path, parameter: str) -> Iterator[str]:
     except OSError as error:
         raise ParameterError(parameter, f"cannot read it ({error.strerror})", path) from error
     with handle:
+        yield from lines_of(handle, parameter, path)
+
+
+def written_lines(path: Path, parameter: str) -> Iterator[str]:
+    """The lines of a JSON-lines file a run wrote (rows, journals), each bounded: one replaced by an
+    endless file stops at its first over-long line, with one line naming it."""
+    with path.open("rb") as handle:
         yield from lines_of(handle, parameter, path)
 
 

@@ -18,6 +18,7 @@ from vitcam_cli.analysis.evidence import ClassEvidence, class_evidence, distribu
 from vitcam_cli.analysis.shortcuts import DROP, GAIN, Candidate, Test, candidates, pixels, region_mass, test
 from vitcam_cli.analysis.strategies import Strategy, strategies
 from vitcam_cli.errors import ParameterError
+from vitcam_cli.outputs.rows import path_cells
 from vitcam_cli.targets import Reading
 
 CHUNK = 32  # images per forward pass in the interventions
@@ -81,7 +82,7 @@ class AuditResult:
             "relative_drop": _effect(test.relative_drop),
             "pasted_gain": None if test.gain is None else _effect(test.gain),
             "flips": None if test.flips is None else round(test.flips, 6),
-            "images": [self.paths[own[i]] for i in test.examples[:10]],
+            "images": [self._path(own[i]) for i in test.examples[:10]],
         }
 
     def _class(self, evidence: ClassEvidence) -> dict[str, Any]:
@@ -92,8 +93,12 @@ class AuditResult:
             "outside_boxes": None if evidence.outside_boxes is None else round(evidence.outside_boxes, 6),
             "evidence": f"evidence/class-{evidence.class_index}.npy",
             "picture": f"evidence/class-{evidence.class_index}.png",
-            "exemplars": [self.paths[i] for i in evidence.images[:5]],
+            "exemplars": [self._path(i) for i in evidence.images[:5]],
         }
+
+    def _path(self, index: int) -> str:
+        """An image as the rows' ``path`` column shows it (UTF-8; their ``path_bytes`` keeps odd bytes)."""
+        return path_cells(self.paths[index])[0]
 
     @property
     def _names(self) -> dict[int, str]:
@@ -105,7 +110,7 @@ class AuditResult:
             "class_name": self._names.get(target, str(target)),
             "cluster": number,
             "size": len(strategy.images),
-            "exemplars": [self.paths[i] for i in strategy.images[:5]],
+            "exemplars": [self._path(i) for i in strategy.images[:5]],
         }
 
 

@@ -38,7 +38,7 @@ from vitcam_cli.analysis.evidence import distribution
 from vitcam_cli.errors import ParameterError, VitcamError, literal
 from vitcam_cli.outputs.manifest import read_rows
 from vitcam_cli.outputs.resume import earlier_summary
-from vitcam_cli.outputs.rows import Row
+from vitcam_cli.outputs.rows import Row, path_cells
 from vitcam_cli.paths import absolute, fs_text, resolved
 
 CHANGED_BELOW = 0.5  # a pair of maps whose Spearman correlation is below this has changed
@@ -87,10 +87,10 @@ class RunMaps:
         try:
             saliency = np.load(path, allow_pickle=False).astype(np.float64)
         except (OSError, ValueError, EOFError) as error:
+            why = literal((str(error) or type(error).__name__).splitlines()[0])
             raise ParameterError(
                 self.parameter,
-                f"map {literal(path)} cannot be read ({literal((str(error) or type(error).__name__).splitlines()[0])}): rerun explain "
-                "on its image",
+                f"map {literal(path)} cannot be read ({why}): rerun explain on its image",
                 self.folder,
             ) from error  # fmt: skip
         if saliency.ndim != 2 or not np.isfinite(saliency).all():
@@ -193,8 +193,10 @@ class PairResult:
 
     def cells(self) -> dict[str, Any]:
         """per_image.csv's values."""
+        path, exact = path_cells(self.path)
         return {
-            "path": self.path,
+            "path": path,
+            "path_bytes": exact,
             "class_index": self.class_index,
             "class_name": self.class_name,
             "reference": self.reference,

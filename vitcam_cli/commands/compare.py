@@ -23,7 +23,9 @@ from vitcam_cli.outputs.rows import csv_cell
 from vitcam_cli.paths import fs_text, resolved
 from vitcam_cli.runner import EXIT_OK, EXIT_SOME_FAILED
 
-PER_IMAGE_COLUMNS = ("path", "class_index", "class_name", "reference", "spearman", "top_iou", "changed")
+PER_IMAGE_COLUMNS = (
+    "path", "class_index", "class_name", "reference", "spearman", "top_iou", "changed", "path_bytes",
+)  # fmt: skip
 WRITTEN = ("comparison.json", "per_image.csv", "report.html")
 CLASSES_LISTED = 5  # classes in the table on the terminal (every one is in comparison.json)
 
@@ -113,9 +115,9 @@ def _write(options: CompareOptions, comparison: Comparison, record: dict[str, An
     ensure_writable(out)
     with writing(out, "free space or fix the folder, then rerun with {overwrite}"):
         start_writing(out, None, options.overwrite)
-        write_json_atomic(out / "comparison.json", record)
         write_per_image(out / "per_image.csv", comparison)
         write_compare_report(out / "report.html", comparison)
+        write_json_atomic(out / "comparison.json", record)  # last: there only when everything is
 
 
 def run_compare(options: CompareOptions, stdout: TextIO | None = None) -> int:

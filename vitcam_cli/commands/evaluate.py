@@ -110,6 +110,7 @@ class EvaluateOptions:
     bootstrap: int = 0  # draws for 95% intervals (0: none)
     run: RunSettings = field(default_factory=lambda: RunSettings(batch_size=EVALUATE_BATCH))
     overwrite: bool = False  # replace an earlier run in ``out`` whole
+    config: Path | None = None  # the file the options came from: read beside the inputs, never written over
 
     def check(self) -> None:
         self.run.check()
@@ -412,7 +413,8 @@ class Evaluate:
         progress = progress_bar(Console(stderr=True, quiet=quiet), "evaluating", quiet)
         task = progress.add_task("evaluate", total=len(items))
         refuse_outputs_over_inputs(options.out, self._input_files(items))
-        start_writing(options.out, shard, self.overwrite)
+        with writing(options.out, AGAIN):
+            start_writing(options.out, shard, self.overwrite)
         journal = Journal(options.out, suffix)
         with (
             writing(options.out, AGAIN),
@@ -465,7 +467,7 @@ class Evaluate:
     def _input_files(self, items: list[ImageItem]) -> list[Path]:
         """Every file the evaluation reads (links followed): no output may land on one of them."""
         options = self.options
-        named = [options.labels, options.boxes, options.class_map, *options.model.files()]
+        named = [options.labels, options.boxes, options.class_map, options.config, *options.model.files()]
         named += [*self._similarity().files(), *map(Path, options.references)]
         return [item.file for item in items] + [resolved(path) for path in named if path is not None]
 

@@ -47,7 +47,7 @@ from vitcam_cli.metrics.adcc import ADCC_DEFINITION
 from vitcam_cli.metrics.aggregate import METRICS
 from vitcam_cli.metrics.measure import MetricSettings
 from vitcam_cli.models import LoadedModel, ModelSpec
-from vitcam_cli.outputs.atomic import write_failed, write_json_atomic
+from vitcam_cli.outputs.atomic import write_failed, write_json_atomic, writing
 from vitcam_cli.outputs.folder import Journal, refuse_outputs_over_inputs, start_writing
 from vitcam_cli.outputs.manifest import Counts, Manifest
 from vitcam_cli.outputs.merge import merge_shards
@@ -95,6 +95,7 @@ class ExplainOptions:
     jsonl: bool = False  # every row also as a JSON line on stdout
     run: RunSettings = field(default_factory=lambda: RunSettings(batch_size=EXPLAIN_BATCH))
     overwrite: bool = False  # replace an earlier run in ``out`` whole
+    config: Path | None = None  # the file the options came from: read beside the inputs, never written over
 
     def check(self) -> None:
         self.run.check()
@@ -249,7 +250,7 @@ class Explain:
         part = shard.suffix if shard else ""
         earlier = earlier_summary(options.out, part) if options.skip_existing else {}
         if options.skip_existing:
-            refuse_other_settings(options.out, recorded, earlier)
+            refuse_other_settings(options.out, recorded, earlier, part)
         refuse_outputs_over_inputs(options.out, self._input_files(items))
         summary: dict[str, Any] = {
             "tool": "vitcam explain",
@@ -265,12 +266,13 @@ class Explain:
             "inputs": input_record(every or plan.items),  # a pairs file brings its own
             "output_folders_skipped": len(self.skipped),
         }
-        start_writing(options.out, shard, self.overwrite)
-        write_json_atomic(options.out / f"summary{part}.json", summary)
         origin = Path(earlier["cwd"]) if "cwd" in earlier else None  # earlier rows are relative to it
-        manifest = Manifest(
-            options.out, options.skip_existing, options.save_maps, part, options.overlays, origin
-        )
+        with writing(options.out, "free space or fix the folder, then rerun"):
+            start_writing(options.out, shard, self.overwrite)
+            write_json_atomic(options.out / f"summary{part}.json", summary)
+            manifest = Manifest(
+                options.out, options.skip_existing, options.save_maps, part, options.overlays, origin
+            )
         todo = [item for item in items if not manifest.finished(item)]
         run = BatchRun(
             items=[item for item in todo if item not in unlabelled],
@@ -348,7 +350,8 @@ class Explain:
     def _input_files(self, items: list[ImageItem]) -> list[Path]:
         """Every file the run reads (links followed): no output may land on one of them."""
         options = self.options
-        named = [options.labels, *options.model.files(), *options.choice().similarity.files()]
+        named = [options.labels, options.config, *options.model.files(), *options.choice().similarity.files()]
+        named += [getattr(options, "boxes", None)]  # an audit's
         if options.files_from not in (None, "-"):
             named.append(Path(options.files_from))
         references = [Path(reference) for reference in options.references]

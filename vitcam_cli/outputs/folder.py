@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from vitcam_cli.errors import ParameterError, literal
 from vitcam_cli.outputs.atomic import remove_stale_temporaries, write_atomic
 from vitcam_cli.paths import resolved
+from vitcam_cli.textfiles import SUMMARY_LIMIT, read_whole, written_lines
 
 if TYPE_CHECKING:
     from vitcam_cli.distributed import Shard
@@ -85,18 +86,19 @@ class Journal:
 
 def _recorded(journal: Path) -> Iterator[str]:
     """The links a journal lists (a torn last line skipped)."""
-    with contextlib.suppress(OSError), journal.open(encoding="utf-8") as handle:
-        for line in handle:
-            with contextlib.suppress(json.JSONDecodeError):
-                link = json.loads(line)
-                if isinstance(link, str):
-                    yield link
+    if not journal.is_file():
+        return
+    for line in written_lines(journal, "out"):
+        with contextlib.suppress(json.JSONDecodeError):
+            link = json.loads(line)
+            if isinstance(link, str):
+                yield link
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_whole(path, "out", SUMMARY_LIMIT).decode("utf-8"))
+    except (OSError, ValueError):  # too large (a ParameterError) included
         return None
     return data if isinstance(data, dict) else None
 
@@ -189,6 +191,8 @@ def _linked_folder(out: Path) -> Path | None:
     """A folder below the run's own folders (``overlays/``, ...) that is a symbolic link (vitcam never makes
     one), if any."""
     for name in WRITTEN_FOLDERS:
+        if (out / name).is_symlink():
+            return out / name
         for folder, subfolders, _ in os.walk(out / name):
             for sub in subfolders:
                 if (Path(folder) / sub).is_symlink():
@@ -206,11 +210,15 @@ def refuse_outputs_over_inputs(out: Path, inputs: Iterable[Path]) -> None:
     for file in inputs:
         inside = next((folder for folder in written if file.is_relative_to(folder)), None)
         if inside is not None or _run_file(root, file):
-            where = f"in {literal(inside)}, where" if inside is not None else "named like a file"
+            where = (
+                f"lies in {literal(inside)}, where this run writes its outputs"
+                if inside is not None
+                else "has the name of a file this run writes"
+            )
             raise ParameterError(
                 "out",
-                f"the input {literal(file)} lies {where} this run writes its outputs: choose an {{out}} "
-                "that does not hold the inputs (or move them out of it)",
+                f"the input {literal(file)} {where}: choose an {{out}} that does not hold the inputs (or "
+                "move them out of it)",
                 out,
             )
     linked = _linked_folder(out)

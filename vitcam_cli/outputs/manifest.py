@@ -14,7 +14,8 @@ from vitcam_cli.metrics.adcc import PARTS
 from vitcam_cli.metrics.aggregate import Totals
 from vitcam_cli.outputs.atomic import write_atomic
 from vitcam_cli.outputs.rows import EXPLAIN_COLUMNS, Row, csv_cell
-from vitcam_cli.paths import absolute, resolved
+from vitcam_cli.paths import FileId, absolute, file_id, resolved
+from vitcam_cli.textfiles import written_lines
 
 if TYPE_CHECKING:
     from vitcam_cli.data import ImageItem
@@ -24,16 +25,15 @@ def read_rows(path: Path) -> Iterator[Row]:
     """Rows of a JSONL file; a torn last line (from a killed run) is skipped."""
     if not path.exists():
         return
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if not line.endswith("\n"):
-                return
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "path" in record:
-                yield Row.from_record(record)
+    for line in written_lines(path, "out"):
+        if not line.endswith("\n"):
+            return
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "path" in record:
+            yield Row.from_record(record)
 
 
 def jsonl(rows: Iterable[Row]) -> str:
@@ -72,8 +72,9 @@ class Manifest:
         self.out = out
         self.jsonl = out / f"results{part}.jsonl"
         self.csv = out / "results.csv"
-        self.done_classes: set[tuple[Path, int | None]] = set()
-        self.done: set[Path] = self._recover(needs_overlay, needs_map, origin) if resume else set()
+        self.done_classes: set[tuple[Path | FileId, int | None]] = set()
+        self.taken: dict[str, Path] = {}  # the overlays and maps the kept rows hold, by their image's file
+        self.done: set[Path | FileId] = self._recover(needs_overlay, needs_map, origin) if resume else set()
         if not resume:
             write_atomic(self.jsonl, lambda handle: None)
         self.handle = self.jsonl.open("a", encoding="utf-8")
@@ -90,10 +91,11 @@ class Manifest:
             for row in rows
         )
 
-    def _recover(self, needs_overlay: bool, needs_map: bool, origin: Path | None) -> set[Path]:
+    def _recover(self, needs_overlay: bool, needs_map: bool, origin: Path | None) -> set[Path | FileId]:
         """Keep the rows of images whose outputs are all on disk; everything else is redone. Images are
-        known by their files (links followed), however their paths were spelled; rows written from
-        another working folder get absolute paths, so that every kept row still names its file."""
+        known by their files (links followed, hard links too), however their paths were spelled; rows
+        written from another working folder get absolute paths, so that every kept row still names its
+        file."""
         by_file: dict[Path, list[Row]] = {}
         moved = origin is not None and absolute(origin) != absolute(Path.cwd())
         for row in read_rows(self.jsonl):
@@ -103,16 +105,20 @@ class Manifest:
             by_file.setdefault(resolved(named), []).append(row)
         needs = ("overlay",) * needs_overlay + ("map",) * needs_map
         done = {file for file, rows in by_file.items() if self._complete(rows, needs)}
-        self.done_classes = {(file, row.class_index) for file in done for row in by_file[file]}
-        kept = jsonl(row for file, rows in by_file.items() if file in done for row in rows)
-        write_atomic(self.jsonl, lambda handle: handle.write(kept.encode()))
-        return done
+        kept = [(file, row) for file in done for row in by_file[file]]
+        self.taken = {link: file for file, row in kept for link in (row.overlay, row.map) if link}
+        known = [(key, row) for file, row in kept for key in (file, file_id(file)) if key is not None]
+        self.done_classes = {(key, row.class_index) for key, row in known}
+        lines = jsonl(row for file, rows in by_file.items() if file in done for row in rows)
+        write_atomic(self.jsonl, lambda handle: handle.write(lines.encode()))
+        return {key for key, _ in known}
 
     def finished(self, item: ImageItem) -> bool:
         """Whether resuming keeps an image (or, for a run that names a class per item, that class of it)."""
+        keys = [key for key in (item.file, file_id(item.file)) if key is not None] if self.done else []
         if item.target is None:
-            return item.file in self.done
-        return (item.file, item.target) in self.done_classes
+            return any(key in self.done for key in keys)
+        return any((key, item.target) in self.done_classes for key in keys)
 
     def write(self, rows: list[Row]) -> None:
         self.handle.write(jsonl(rows))

@@ -13,6 +13,7 @@ from typing import Any
 
 from vitcam_cli.errors import ParameterError, literal
 from vitcam_cli.outputs.atomic import remove_stale_temporaries
+from vitcam_cli.textfiles import SUMMARY_LIMIT, read_whole
 
 # settings that change what is written: resuming into a folder written with others is refused
 RESUME_KEYS = ("model", "method", "targets", "colormap", "alpha", "overlays", "adcc")
@@ -25,13 +26,22 @@ DIGESTS = {
 }
 
 
-def earlier_summary(out: Path, part: str = "") -> dict[str, Any]:
-    """The summary an earlier run left in ``out`` (its shard's, for a shard); empty when there is none."""
+def _read_summary(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads((out / f"summary{part}.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_whole(path, "out", SUMMARY_LIMIT).decode("utf-8"))
+    except (OSError, ValueError):  # a ParameterError (too large) is a ValueError too
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def earlier_summary(out: Path, part: str = "") -> dict[str, Any]:
+    """The summary an earlier run left in ``out`` (its shard's, for a shard); empty when there is none.
+    A whole run resumed in a folder of unmerged shards is held to the first shard's."""
+    summary = _read_summary(out / f"summary{part}.json")
+    if summary or part:
+        return summary
+    shards = sorted(out.glob("summary.shard-*-of-*.json"))
+    return _read_summary(shards[0]) if shards else {}
 
 
 def _same(before: object, now: object) -> bool:
@@ -51,14 +61,39 @@ def _other_contents(before: dict[str, Any], now: dict[str, Any]) -> str | None:
     return None
 
 
-def refuse_other_settings(out: Path, settings: dict[str, Any], earlier: dict[str, Any]) -> None:
-    """Resuming: temporary files of killed runs go; a folder written with other settings is refused."""
+def _difference(key: str, before: object, now: object) -> str:
+    """Which entry of a setting changed, old and new (``model.model 'm', now 'local-dir:m'``)."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        for entry in sorted(before.keys() & now.keys()):
+            if not _same(before[entry], now[entry]):
+                return _difference(f"{key}.{entry}", before[entry], now[entry])
+    return f"{key} {literal(_short(before))}, now {literal(_short(now))}"
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def refuse_other_settings(
+    out: Path, settings: dict[str, Any], earlier: dict[str, Any], part: str = ""
+) -> None:
+    """Resuming: temporary files of killed runs go; a folder written with other settings, or rows whose
+    settings are not on record (summary.json removed), are refused."""
     remove_stale_temporaries(out)
+    rows = out / f"results{part}.jsonl"
+    if not earlier.get("settings") and rows.is_file() and rows.stat().st_size:
+        raise ParameterError(
+            "skip_existing",
+            f"{literal(out)} holds rows but no summary{part}.json saying which model and options wrote them; "
+            "use a new {out}, or {overwrite} to start again",
+        )
     before = earlier.get("settings", {})
     contents = _other_contents(before, settings)
     changed = [key for key in RESUME_KEYS if key in before and not _same(before[key], settings.get(key))]
     if contents or changed:
-        what = contents or f"different {', '.join(changed)} settings"
+        details = "; ".join(_difference(key, before[key], settings.get(key)) for key in changed)
+        what = contents or f"different {', '.join(changed)} settings ({details})"
         raise ParameterError(
             "skip_existing",
             f"{literal(out)} was written with {what}; rerun with the same model and options, or use a "

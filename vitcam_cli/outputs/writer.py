@@ -10,7 +10,7 @@ import functools
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ from vitcam_cli.data import ImageItem
 from vitcam_cli.outputs.atomic import write_atomic
 from vitcam_cli.outputs.folder import Journal
 from vitcam_cli.outputs.manifest import Manifest
-from vitcam_cli.outputs.names import output_link
+from vitcam_cli.outputs.names import file_tag, output_link
 from vitcam_cli.outputs.overlay import OverlaySettings, encode_overlay, overlay_extension, render_overlay
 from vitcam_cli.outputs.report import Card, Gallery, file_thumbnail, row_panel, thumbnail
 from vitcam_cli.outputs.results import ImageResult, MethodOutput
@@ -50,24 +50,43 @@ class Outputs:
 
 
 def explained_rows(
-    image: ImageResult, output: MethodOutput, class_names: list[str], outputs: Outputs, method: str
+    image: ImageResult,
+    output: MethodOutput,
+    class_names: list[str],
+    outputs: Outputs,
+    method: str,
+    taken: Mapping[str, Path] | None = None,
 ) -> list[Row]:
-    """One row per explained target of ``image`` (one row that says so when it has none)."""
-    extension = overlay_extension(outputs.overlay.format, image.item.path)
+    """One row per explained target of ``image`` (one row that says so when it has none). ``taken``:
+    the outputs earlier rows of a resumed run hold, by file: an image whose name meets another file's
+    has its names tagged (see ``outputs.names``)."""
     size = {"width": image.size[0], "height": image.size[1]}
     if not output.classes:
         return [Row(path=str(image.item.path), method=method, note=outputs.nothing, **size)]
+    rows = _target_rows(image, output, class_names, outputs, method, None)
+    owners = {(taken or {}).get(link) for row in rows for link in (row.overlay, row.map) if link}
+    if owners - {None, image.item.file}:
+        rows = _target_rows(image, output, class_names, outputs, method, file_tag(image.item.file))
+    return rows
+
+
+def _target_rows(
+    image: ImageResult, output: MethodOutput, class_names: list[str], outputs: Outputs, method: str,
+    tag: str | None,
+) -> list[Row]:  # fmt: skip
+    extension = overlay_extension(outputs.overlay.format, image.item.path)
+    size = {"width": image.size[0], "height": image.size[1]}
     rows = []
     for t, target in enumerate(output.classes):
         named = target if outputs.per_class else None
-        overlay = output_link("overlays", image.item.rel, extension, named)
+        overlay = output_link("overlays", image.item.rel, extension, named, tag)
         rows.append(
             Row(
                 path=str(image.item.path),
                 method=method,
                 rank=output.ranks[t],
                 overlay=overlay if outputs.overlays else None,
-                map=output_link("maps", image.item.rel, "npy", named) if outputs.maps else None,
+                map=output_link("maps", image.item.rel, "npy", named, tag) if outputs.maps else None,
                 metrics={name: values[t] for name, values in output.values.items()},
                 **size,
                 **target_fields(outputs.similarity, class_names, target, output.readings[t]),
@@ -117,7 +136,7 @@ class ExplainWriter:
 
     def explained(self, image: ImageResult) -> None:
         output = image.methods[self.method]
-        rows = explained_rows(image, output, self.class_names, self.outputs, self.method)
+        rows = explained_rows(image, output, self.class_names, self.outputs, self.method, self.manifest.taken)
         if not output.classes:  # nothing to draw: the row says why
             future: Future[list[Row]] = Future()
             future.set_result(rows)
