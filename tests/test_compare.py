@@ -221,11 +221,9 @@ def test_a_run_whose_every_image_failed_is_named_so(tmp_path):
 def test_names_that_are_not_utf8_keep_their_bytes_and_a_full_disk_leaves_no_comparison(
     tiny_model, tmp_path, monkeypatch
 ):
-    import errno
     import os
 
-    import vitcam_cli.outputs.atomic as atomic
-    from tests.test_inputs_intact import latin1
+    from tests.test_inputs_intact import disk_full_at, latin1
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -239,14 +237,7 @@ def test_names_that_are_not_utf8_keep_their_bytes_and_a_full_disk_leaves_no_comp
     with (tmp_path / "same" / "per_image.csv").open(encoding="utf-8") as handle:
         exact = sorted(row["path_bytes"] for row in csv.DictReader(handle))
     assert [value.rsplit("/", 1)[-1] for value in exact] == ["caf%E8.png", "caf%E9.png"]
-    real = atomic._replacing
-
-    def full(path):
-        if path.name == "report.html":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path)
-
-    monkeypatch.setattr(atomic, "_replacing", full)
+    disk_full_at(monkeypatch, "report.html")
     code, _, stderr = compare(tmp_path / "run", tmp_path / "run", "-o", tmp_path / "full", "-q")
     assert code == 2 and "No space left on device" in stderr
     assert not (tmp_path / "full" / "comparison.json").exists()

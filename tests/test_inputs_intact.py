@@ -335,18 +335,23 @@ def test_a_full_disk_at_the_end_is_one_line_and_the_run_resumable(tiny_model, tm
     assert (out / "report.html").is_file() and (out / "results.csv").is_file()
 
 
-def test_a_full_disk_while_evaluate_writes_its_report_is_one_line(tiny_model, tmp_path, monkeypatch,
-                                                                  images_of_three):  # fmt: skip
+def disk_full_at(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Every atomic write of a file called ``name`` fails as on a full disk."""
     import vitcam_cli.outputs.atomic as atomic
 
     real = atomic._replacing
 
     def filling_up(path):
-        if path.name == "report.html":
+        if path.name == name:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path)
 
     monkeypatch.setattr(atomic, "_replacing", filling_up)
+
+
+def test_a_full_disk_while_evaluate_writes_its_report_is_one_line(tiny_model, tmp_path, monkeypatch,
+                                                                  images_of_three):  # fmt: skip
+    disk_full_at(monkeypatch, "report.html")
     out = tmp_path / "eval"
     code, _, stderr = run("evaluate", str(images_of_three), "--model", f"local-dir:{tiny_model}",
                           "--workers", "0", "-q", "--no-insertion-deletion", "-o", str(out))  # fmt: skip

@@ -24,7 +24,7 @@ from rich.table import Table
 from vitcam_cli.analysis.audit import AuditResult, AuditSettings, run_audit
 from vitcam_cli.analysis.evidence import box_cells
 from vitcam_cli.commands.explain import Explain, ExplainOptions
-from vitcam_cli.data import DecodePlan, GroundTruthBox, read_boxes
+from vitcam_cli.data import DecodePlan, GroundTruthBox, ImageItem, read_boxes
 from vitcam_cli.distributed import Shard
 from vitcam_cli.errors import ParameterError
 from vitcam_cli.outputs.atomic import write_atomic, write_json_atomic
@@ -62,6 +62,11 @@ class Audit(Explain):
         self.result: AuditResult | None = None
         self.quiet = False
         self.boxes: dict[Path, list[GroundTruthBox]] = {}
+
+    def _input_files(self, items: list[ImageItem]) -> list[Path]:
+        """Explain's, and the boxes file."""
+        boxes = [resolved(self.options.boxes)] if self.options.boxes is not None else []
+        return super()._input_files(items) + boxes
 
     def _check_inputs(self) -> None:
         """The boxes are read (and a bad file refused) before the first image is explained."""

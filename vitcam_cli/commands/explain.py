@@ -351,7 +351,6 @@ class Explain:
         """Every file the run reads (links followed): no output may land on one of them."""
         options = self.options
         named = [options.labels, options.config, *options.model.files(), *options.choice().similarity.files()]
-        named += [getattr(options, "boxes", None)]  # an audit's
         if options.files_from not in (None, "-"):
             named.append(Path(options.files_from))
         references = [Path(reference) for reference in options.references]

@@ -95,7 +95,8 @@ def _recorded(journal: Path) -> Iterator[str]:
                 yield link
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object a run wrote (summary, metrics, comparison), read bounded; None when there is none."""
     try:
         data = json.loads(read_whole(path, "out", SUMMARY_LIMIT).decode("utf-8"))
     except (OSError, ValueError):  # too large (a ParameterError) included
@@ -119,15 +120,15 @@ def _state(data: dict[str, Any]) -> str:
 
 def describe(out: Path) -> str:
     """What an output folder holds, in a few words: the run, its rows, finished or partial, when."""
-    summary = _read_json(out / "summary.json")
+    summary = read_json(out / "summary.json")
     if summary is not None:
         rows = summary.get("rows", _count_lines(out / "results.jsonl"))
         return f"a vitcam explain run: {rows} rows, {_state(summary)}"
-    metrics = _read_json(out / "metrics.json")
+    metrics = read_json(out / "metrics.json")
     if metrics is not None:
         images = metrics.get("dataset", {}).get("images", "?")
         return f"a vitcam evaluate run: {images} images, {_state(metrics | {'status': 'complete'})}"
-    comparison = _read_json(out / "comparison.json")
+    comparison = read_json(out / "comparison.json")
     if comparison is not None:
         return f"a vitcam comparison: {comparison.get('matched', '?')} images and targets compared"
     parts = sorted({path.name for pattern in PART_GLOBS[1:3] for path in out.glob(pattern)})
@@ -145,7 +146,7 @@ def _whole_run_here(out: Path) -> bool:
     """Whether ``out`` holds a run of one process (not the merge of shards)."""
     if (out / JOURNAL).exists():
         return True
-    done = _read_json(out / "summary.json") or _read_json(out / "metrics.json")
+    done = read_json(out / "summary.json") or read_json(out / "metrics.json")
     return done is not None and not done.get("shards")
 
 

@@ -115,10 +115,12 @@ class Manifest:
 
     def finished(self, item: ImageItem) -> bool:
         """Whether resuming keeps an image (or, for a run that names a class per item, that class of it)."""
-        keys = [key for key in (item.file, file_id(item.file)) if key is not None] if self.done else []
+        if not self.done:
+            return False
         if item.target is None:
-            return any(key in self.done for key in keys)
-        return any((key, item.target) in self.done_classes for key in keys)
+            return item.file in self.done or file_id(item.file) in self.done
+        done = self.done_classes
+        return (item.file, item.target) in done or (file_id(item.file), item.target) in done
 
     def write(self, rows: list[Row]) -> None:
         self.handle.write(jsonl(rows))

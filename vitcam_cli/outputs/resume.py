@@ -7,13 +7,12 @@ results.jsonl ever mixes rows of two runs that differ.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from vitcam_cli.errors import ParameterError, literal
 from vitcam_cli.outputs.atomic import remove_stale_temporaries
-from vitcam_cli.textfiles import SUMMARY_LIMIT, read_whole
+from vitcam_cli.outputs.folder import read_json
 
 # settings that change what is written: resuming into a folder written with others is refused
 RESUME_KEYS = ("model", "method", "targets", "colormap", "alpha", "overlays", "adcc")
@@ -26,22 +25,14 @@ DIGESTS = {
 }
 
 
-def _read_summary(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(read_whole(path, "out", SUMMARY_LIMIT).decode("utf-8"))
-    except (OSError, ValueError):  # a ParameterError (too large) is a ValueError too
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def earlier_summary(out: Path, part: str = "") -> dict[str, Any]:
     """The summary an earlier run left in ``out`` (its shard's, for a shard); empty when there is none.
     A whole run resumed in a folder of unmerged shards is held to the first shard's."""
-    summary = _read_summary(out / f"summary{part}.json")
+    summary = read_json(out / f"summary{part}.json") or {}
     if summary or part:
         return summary
     shards = sorted(out.glob("summary.shard-*-of-*.json"))
-    return _read_summary(shards[0]) if shards else {}
+    return (read_json(shards[0]) or {}) if shards else {}
 
 
 def _same(before: object, now: object) -> bool:
