@@ -228,3 +228,20 @@ def test_the_api_checks_its_arguments_as_the_command_line_does():
             explainer.audit(**arguments)
     with pytest.raises(ParameterError, match="each box is"):
         explainer.scores(explainer(images[:1]), boxes=[[(1, 2)]])
+
+
+def test_the_audit_names_itself_and_counts_in_words(tmp_path):
+    """Its summary is titled as the audit's, and a class of one image is "1 image" on its page."""
+    with (SCENES / "labels.csv").open() as handle:
+        first_of_each = {row["label"]: row["file"] for row in reversed(list(csv.DictReader(handle)))}
+    few = tmp_path / "few"
+    few.mkdir()
+    for name in sorted(first_of_each.values())[:3]:
+        (few / name).write_bytes((SCENES / "images" / name).read_bytes())
+    out = tmp_path / "audit"
+    code, _, stderr = run("audit", str(few), "--model", f"local-dir:{MODELS / 'logo'}", "--labels",
+                          str(SCENES / "labels.csv"), "--workers", "0", "-o", str(out))  # fmt: skip
+    assert code == 0, stderr
+    assert "vitcam audit" in stderr and "vitcam explain" not in stderr, stderr
+    page = (out / "report.html").read_text()
+    assert " · 1 image</h3>" in page and "1 images" not in page

@@ -434,6 +434,36 @@ def test_a_misspelt_model_name_gets_a_suggestion_and_every_model_form(
     assert all(form in stderr for form in MODEL_FORMS), stderr
 
 
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [
+        ("relevanse", "no such method (did you mean relevance?)"),
+        ("reciprocam:fussed", "no preset 'fussed' (did you mean fused?)"),
+        ("reciprocam:official:kernal=single", "unknown option 'kernal' (did you mean kernel?)"),
+    ],
+)
+def test_a_misspelt_method_gets_a_suggestion(tiny_model, small_folder, tmp_path, method, message):
+    code, _, stderr = explain(tiny_model, str(small_folder), "--method", method, "-o", str(tmp_path / "o"))
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith(f"error: --method {method}: {message}; use reciprocam["), stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "message"),
+    [("/dev/zero", "not a regular file"), ("dir", "not a regular file"), ("missing.pt", "no such file")],
+)
+def test_a_checkpoint_that_is_no_file_is_named_as_such(small_folder, tmp_path, checkpoint, message):
+    (tmp_path / "dir").mkdir()
+    path = Path(checkpoint) if checkpoint.startswith("/") else tmp_path / checkpoint
+    code, _, stderr = run(
+        "explain", small_folder, "--model", "vit_tiny_patch16_224", "--no-pretrained", "--checkpoint", path,
+        "--workers", "0", "-o", tmp_path / "o",
+    )  # fmt: skip
+    assert code == 2 and stderr.startswith(f"error: --checkpoint {path}: {message}"), stderr
+    assert stderr.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
 def test_a_misspelt_pretrained_tag_gets_a_suggestion(small_folder, tmp_path):
     name = "vit_tiny_patch16_224.augreg_in21"
     code, _, stderr = run("explain", small_folder, "--model", name, "--workers", "0", "-o", tmp_path / "o")

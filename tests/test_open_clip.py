@@ -533,6 +533,9 @@ BAD_INPUT = [
     (("--prompt", "a {} of {}"), "--prompt a {} of {}: must hold one {}"),
     (("--prompt", "a photo of {{}}"), "--prompt a photo of {{}}: must hold one {}"),  # literal braces
     (("--prompt", "a photo of {0}"), "--prompt a photo of {0}: must hold one {}"),
+    (("--prompt", "a {:.0}"), "--prompt a {:.0}: must hold one {}"),  # a format spec cuts every text
+    (("--prompt", "a {!r}"), "--prompt a {!r}: must hold one {}"),
+    (("--checkpoint", "/dev/zero"), "--checkpoint /dev/zero: not a regular file"),
     (("--model", "open_clip:ViT-B-33"), "--model open_clip:ViT-B-33: not an open_clip architecture (did you"),
     (
         ("--class-names", None, "--prompt", "a {}"),

@@ -7,6 +7,7 @@ The library speaks of its parameters by their Python names. A message refers to 
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -20,6 +21,13 @@ _PYTHON_NAMES = {
     "no_overlays": "overlays=False",
 }
 _UNSET = object()
+
+
+def did_you_mean(name: str, names: list[str], prefix: str = "") -> str:
+    """`` (did you mean a or b?)`` with the names closest to a mistyped ``name`` (any case), or nothing."""
+    by_lower = {candidate.lower(): candidate for candidate in names}
+    close = [by_lower[c] for c in difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.75)]
+    return f" (did you mean {' or '.join(prefix + c for c in close)}?)" if close else ""
 
 
 def python_name(parameter: str) -> str:

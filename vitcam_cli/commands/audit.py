@@ -56,6 +56,8 @@ class AuditOptions(ExplainOptions):
 class Audit(Explain):
     """The audit command: an explain run, then the analysis of all its maps."""
 
+    title = "vitcam audit"
+
     def __init__(self, options: AuditOptions) -> None:
         super().__init__(options)
         self.options: AuditOptions = options

@@ -155,9 +155,9 @@ def _method_line(summary: dict[str, Any]) -> str:
     return f"ViT-ReciproCAM {describe(method)}, {engine} engine"
 
 
-def summary_table(summary: dict[str, Any]) -> Table:
+def summary_table(summary: dict[str, Any], title: str = "vitcam explain") -> Table:
     """The run in a table that fits 80 columns: short labels kept whole, long values folded."""
-    table = Table(title="vitcam explain", show_header=False, title_justify="left")
+    table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")
     images = summary["images"]
@@ -204,15 +204,19 @@ def write_explain_report(path: Path, summary: dict[str, Any], gallery: Gallery, 
     )  # fmt: skip
 
 
-def merge_explanations(folders: list[Path], destination: Path, quiet: bool) -> int:
+def merge_explanations(
+    folders: list[Path], destination: Path, quiet: bool, title: str = "vitcam explain"
+) -> int:
     """Combine an explain run's shards: results.jsonl/.csv, summary.json and report.html."""
     summary = merge_shards(folders, destination, write_explain_report)
-    Console(stderr=True, quiet=quiet).print(summary_table(summary))
+    Console(stderr=True, quiet=quiet).print(summary_table(summary, title))
     return EXIT_SOME_FAILED if summary["images"]["error"] else EXIT_OK
 
 
 class Explain:
     """The explain command on one process's images (see ``runner.run_command``)."""
+
+    title = "vitcam explain"  # the summary table's, on the terminal
 
     def __init__(
         self, options: ExplainOptions, stdin: IO[bytes] | None = None, stdout: TextIO | None = None
@@ -231,7 +235,7 @@ class Explain:
         self.items: list[ImageItem] = []  # every input of the run, once listed (all shards')
 
     def merge(self, folders: list[Path], destination: Path, quiet: bool) -> int:
-        return merge_explanations(folders, destination, quiet)
+        return merge_explanations(folders, destination, quiet, self.title)
 
     def run(self, shard: Shard | None, device: torch.device, quiet: bool) -> int:
         started = time.perf_counter()
@@ -300,7 +304,7 @@ class Explain:
             with contextlib.suppress(OSError):
                 write_json_atomic(options.out / f"summary{part}.json", summary)
             raise
-        Console(stderr=True, quiet=quiet).print(summary_table(summary))
+        Console(stderr=True, quiet=quiet).print(summary_table(summary, self.title))
         if self.interrupted is not None:
             return self.interrupted
         return EXIT_SOME_FAILED if counts.images_error else EXIT_OK

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from vitcam_cli.defaults import DEFAULT_PRESET
-from vitcam_cli.errors import ParameterError
+from vitcam_cli.errors import ParameterError, did_you_mean
 from vitcam_cli.methods.base import SaliencyMethod
 from vitcam_cli.methods.gradcam import GradCAM
 from vitcam_cli.methods.reciprocam import PRESETS, ReciproCAM, ReciproCAMSettings
@@ -32,14 +32,18 @@ def _settings(spec: str) -> tuple[str, ReciproCAMSettings]:
     _, *rest = spec.split(":", 2)
     preset = (rest[0] if rest else "") or DEFAULT_PRESET  # reciprocam::fuse=2: the default preset
     if preset not in PRESETS:
-        raise ParameterError("method", f"no preset {preset!r}; {USAGE}", spec)
+        raise ParameterError(
+            "method", f"no preset {preset!r}{did_you_mean(preset, list(PRESETS))}; {USAGE}", spec
+        )
     overrides: dict[str, object] = {}
     for option in filter(None, (rest[1] if len(rest) > 1 else "").split(",")):
         key, _, value = option.partition("=")
         if not value:  # a bare value names the kernel
             key, value = "kernel", key
         if key not in OPTION_NAMES:
-            raise ParameterError("method", f"unknown option {key!r}; {USAGE}", spec)
+            raise ParameterError(
+                "method", f"unknown option {key!r}{did_you_mean(key, list(OPTION_NAMES))}; {USAGE}", spec
+            )
         kind = {f.name: f.type for f in fields(ReciproCAMSettings)}[OPTION_NAMES[key]]
         try:
             overrides[OPTION_NAMES[key]] = int(value) if kind == "int" else value
@@ -61,7 +65,8 @@ def canonical_name(spec: str) -> str:
     if spec in BASELINES:
         return spec
     if spec.split(":")[0] != "reciprocam":
-        raise ParameterError("method", USAGE, spec)
+        hint = did_you_mean(spec.split(":")[0], [*BASELINES, "reciprocam"])
+        raise ParameterError("method", f"no such method{hint}; {USAGE}", spec)
     return reciprocam_name(*_settings(spec))
 
 

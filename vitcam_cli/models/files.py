@@ -8,7 +8,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vitcam_cli.errors import ParameterError, literal
+from vitcam_cli.errors import MissingFileError, ParameterError, literal
+
+
+def check_weights_file(path: Path, parameter: str) -> None:
+    """A weights file named by the user must be a regular file: missing, or a folder, device or pipe
+    (``/dev/zero``), it is refused before any library opens it."""
+    if not path.exists():
+        raise MissingFileError(parameter, path)
+    if not path.is_file():
+        raise ParameterError(
+            parameter, "not a regular file (a folder, device or pipe); name the weights file", path
+        )
 
 
 def check_config_json(path: Path, parameter: str, value: object) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import string
 from collections.abc import Callable, Sequence
 from functools import cached_property, partial
@@ -32,8 +31,9 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import Tensor, nn
 
 from vitcam_cli.engine.geometry import token_layout
-from vitcam_cli.errors import ParameterError, UnsupportedModelError, VitcamError, literal
+from vitcam_cli.errors import ParameterError, UnsupportedModelError, VitcamError, did_you_mean, literal
 from vitcam_cli.models import hub, open_clip_fit
+from vitcam_cli.models.files import check_weights_file
 from vitcam_cli.models.loaded import LoadedModel, ModelSpec, read_class_names
 from vitcam_cli.targets import Reading
 
@@ -82,13 +82,15 @@ class ZeroShotHead(nn.Module):
 
 
 def check_prompts(prompts: Sequence[str]) -> tuple[str, ...]:
-    """Prompt templates, each with one ``{}`` where the class text goes."""
+    """Prompt templates, each with one bare ``{}`` where the class text goes: a format spec or a
+    conversion (``{:.0}``, ``{!r}``) would change every class's text, and ``{{}}`` is a literal pair of
+    braces, not a place for it."""
     for template in prompts:
         try:
-            fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+            fields = [parts[1:] for parts in string.Formatter().parse(template) if parts[1] is not None]
         except ValueError:  # a lone { or }
             fields = []
-        if fields != [""]:  # '{{}}' is a literal pair of braces, not a place for the text
+        if fields != [("", "", None)]:
             raise ParameterError(
                 "prompts", "must hold one {{}} where the class text goes, e.g. 'a photo of a {{}}.'", template
             )
@@ -343,8 +345,7 @@ def accepts_object(model: nn.Module) -> bool:
 def _architecture(open_clip: Any, name: str) -> str:
     architecture = name.removeprefix(PREFIX)
     if architecture not in open_clip.list_models():
-        close = difflib.get_close_matches(architecture, open_clip.list_models(), n=3, cutoff=0.75)
-        hint = f" (did you mean {', '.join(PREFIX + c for c in close)}?)" if close else ""
+        hint = did_you_mean(architecture, open_clip.list_models(), PREFIX)
         raise ParameterError(
             "model",
             f"not an open_clip architecture{hint}; open_clip.list_models() names them",
@@ -362,8 +363,7 @@ def _weights(open_clip: Any, architecture: str, spec: ModelSpec) -> str | None:
         raise VitcamError("{pretrained_tag} loads pretrained weights: drop it or {no_pretrained}")
     tags = open_clip.list_pretrained_tags_by_model(architecture)
     if checkpoint is not None:
-        if not checkpoint.is_file():
-            raise ParameterError("checkpoint", "no such file", checkpoint)
+        check_weights_file(checkpoint, "checkpoint")
         return str(checkpoint)
     listed = ", ".join(tags[:SHOWN_TAGS]) + (", ..." if len(tags) > SHOWN_TAGS else "")
     if tag is not None and tag not in tags:

@@ -7,7 +7,6 @@ model string no other adapter claims is read as a timm name.
 
 from __future__ import annotations
 
-import difflib
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ from torch import nn
 
 from vitcam_cli.defaults import BUNDLED_MODEL_NAMES, MODEL_FORMS
 from vitcam_cli.engine.stages import model_layout
-from vitcam_cli.errors import ParameterError, VitcamError, literal
+from vitcam_cli.errors import ParameterError, VitcamError, did_you_mean, literal
 from vitcam_cli.models import hub
-from vitcam_cli.models.files import check_model_folder
+from vitcam_cli.models.files import check_model_folder, check_weights_file
 from vitcam_cli.models.loaded import LoadedModel, ModelSpec
 
 OFFLINE_HINT = (
@@ -62,7 +61,7 @@ def resolve_model_name(spec: str) -> str:
     if not timm.is_model(architecture):
         names = [*BUNDLED_MODELS, *timm.list_models(), *(timm.list_pretrained() if dot else [])]
         raise ParameterError(
-            "model", f"not a bundled or timm model name{_did_you_mean(spec, names)}; use {MODEL_FORMS}", spec
+            "model", f"not a bundled or timm model name{did_you_mean(spec, names)}; use {MODEL_FORMS}", spec
         )
     if dot:
         _check_tag(spec, architecture)
@@ -76,15 +75,9 @@ def _check_tag(spec: str, architecture: str) -> None:
         listed = ", ".join(tag.partition(".")[2] for tag in tags) or "none"
         raise ParameterError(
             "model",
-            f"not a pretrained tag of {architecture}{_did_you_mean(spec, tags)}; its tags: {listed}",
+            f"not a pretrained tag of {architecture}{did_you_mean(spec, tags)}; its tags: {listed}",
             spec,
         )
-
-
-def _did_you_mean(name: str, names: list[str]) -> str:
-    """`` (did you mean a or b?)`` with the names closest to ``name`` (any case), or nothing."""
-    close = difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.75)
-    return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
 def class_ids_for(model: nn.Module) -> list[str]:
@@ -125,8 +118,7 @@ def _classifier_name(model: nn.Module) -> str:
 
 def _load_checkpoint(model: nn.Module, checkpoint: Path) -> None:
     """Load .safetensors or .pth/.pt/.bin (weights only), unwrapping common containers and prefixes."""
-    if not checkpoint.is_file():
-        raise ParameterError("checkpoint", "no such file", checkpoint)
+    check_weights_file(checkpoint, "checkpoint")
     try:
         state_dict = timm.models.load_state_dict(str(checkpoint), use_ema=True, weights_only=True)
     except Exception as error:

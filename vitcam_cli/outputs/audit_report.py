@@ -14,6 +14,7 @@ from vitcam_cli.analysis.audit import AuditResult
 from vitcam_cli.analysis.shortcuts import DROP, GAIN, Test, pixels
 from vitcam_cli.data import DecodePlan
 from vitcam_cli.models import LoadedModel
+from vitcam_cli.outputs import counted
 from vitcam_cli.outputs.atomic import write_atomic
 from vitcam_cli.outputs.overlay import colormap_table
 from vitcam_cli.outputs.report import PAGE_STYLE, TEMPLATES, draw_boxes, picture_view, thumbnail
@@ -106,7 +107,8 @@ def write_audit_report(path: Path, result: AuditResult, summary: dict[str, Any],
                 {
                     "size": len(strategy.images),
                     "evidence": _named(
-                        _heatmap(strategy.mean, result.input_size, colormap), f"{len(strategy.images)} images"
+                        _heatmap(strategy.mean, result.input_size, colormap),
+                        counted(len(strategy.images), "image"),
                     ),
                     "exemplars": [pictures(result.paths[i]) for i in strategy.images[:3]],
                 }

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitcam_cli.errors import ParameterError, literal
+from vitcam_cli.outputs import counted
 from vitcam_cli.outputs.atomic import remove_stale_temporaries, write_atomic
 from vitcam_cli.paths import resolved
 from vitcam_cli.textfiles import SUMMARY_LIMIT, read_whole, written_lines
@@ -123,18 +124,19 @@ def describe(out: Path) -> str:
     summary = read_json(out / "summary.json")
     if summary is not None:
         rows = summary.get("rows", _count_lines(out / "results.jsonl"))
-        return f"a vitcam explain run: {rows} rows, {_state(summary)}"
+        return f"a vitcam explain run: {counted(rows, 'row')}, {_state(summary)}"
     metrics = read_json(out / "metrics.json")
     if metrics is not None:
         images = metrics.get("dataset", {}).get("images", "?")
-        return f"a vitcam evaluate run: {images} images, {_state(metrics | {'status': 'complete'})}"
+        state = _state(metrics | {"status": "complete"})
+        return f"a vitcam evaluate run: {counted(images, 'image')}, {state}"
     comparison = read_json(out / "comparison.json")
     if comparison is not None:
         return f"a vitcam comparison: {comparison.get('matched', '?')} images and targets compared"
     parts = sorted({path.name for pattern in PART_GLOBS[1:3] for path in out.glob(pattern)})
     if parts:
         rows = sum(_count_lines(path) for path in out.glob(PART_GLOBS[0]))
-        return f"shards of a vitcam run ({', '.join(parts)}; {rows} rows), not merged"
+        return f"shards of a vitcam run ({', '.join(parts)}; {counted(rows, 'row')}), not merged"
     return "a vitcam run that stopped before writing its first rows"
 
 

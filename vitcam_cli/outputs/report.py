@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 
 from vitcam_cli.data import decode_reduced, fit_within
 from vitcam_cli.metrics.adcc import PARTS
+from vitcam_cli.outputs import counted
 from vitcam_cli.outputs.atomic import write_atomic
 from vitcam_cli.outputs.overlay import colormap_table
 from vitcam_cli.outputs.rows import Row
@@ -184,9 +185,11 @@ CHART_METRICS = ("adcc", "average_drop", "coherency", "complexity", "insertion",
                  "pointing_game", "energy_in_box", "discrimination")  # fmt: skip
 FAILURES_SHOWN = 200
 
+
 TEMPLATES = Environment(
     loader=PackageLoader("vitcam_cli.outputs", "templates"), autoescape=select_autoescape(default=True)
 )
+TEMPLATES.filters["counted"] = counted
 
 
 def write_report(
