@@ -60,6 +60,15 @@ def test_quickstart_runs_offline_and_the_model_is_really_trained(tmp_path):
         assert np.abs(written.astype(int) - expected).max() <= 2, f"redraw {shown} with the quickstart"
 
 
+def test_the_readme_is_short_and_shows_the_tested_quickstart():
+    """The README stays a page read in minutes (details live in docs/), and its one set-up command
+    explains the folder the test above explains."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 250
+    quickstart = "pip install -e '.[dev]' && vitcam explain sample_images/fashion_scenes --model fashion-vit"
+    assert quickstart in readme
+
+
 def evaluate_samples(out: Path, *args: str, model: str = "fashion-vit") -> tuple[int, str, str]:
     labels = SAMPLE_SCENES / "labels.csv"
     return run("evaluate", str(SAMPLE_SCENES), "--model", model, "--labels", str(labels),

@@ -270,10 +270,21 @@ def test_an_uncached_pretrained_model_without_network_fails_at_once(tmp_path):
     assert "HF_HUB_OFFLINE=1" in result.stderr and "--checkpoint" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["explain", "evaluate", "bench", "merge"])
+USAGE_LINES = {
+    "explain": "vitcam explain [OPTIONS] [INPUTS]...",
+    "evaluate": "vitcam evaluate [OPTIONS] DATA",
+    "bench": "vitcam bench [OPTIONS]",
+    "merge": "vitcam merge [OPTIONS] FOLDERS...",
+    "audit": "vitcam audit [OPTIONS] [INPUTS]...",
+    "compare": "vitcam compare [OPTIONS] RUN_A RUN_B",
+}
+
+
+@pytest.mark.parametrize("command", list(USAGE_LINES))
 def test_help_shows_options_one_way(command):
     code, stdout, _ = run(command, "--help")
     assert code == 0
+    assert f"Usage: {USAGE_LINES[command]}" in stdout  # arguments in capitals, as the docs write them
     assert "<bool>" not in stdout and "<list[str]>" not in stdout and "[default:" not in stdout
     if command == "evaluate":
         flat = " ".join(stdout.split())

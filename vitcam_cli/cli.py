@@ -48,8 +48,12 @@ LONGEST_CHOICES = 18  # longer lists of choices are named in the help text, so t
 def _tidy(param: Any) -> None:
     """One look for every option in --help: ``--top-k N``, ``--kernel gaussian|single``, flags bare, and
     every default as ``(default: ...)`` at the end of the help text."""
-    if param.param_type_name == "argument":  # its name says what it takes
+    if param.param_type_name == "argument":  # its name says what it takes: RUN_A, [INPUTS]...
         param.display_type_rich = lambda ctx: None
+        param.metavar = param.name.upper()
+        usage = param.metavar if param.required else f"[{param.metavar}]"
+        usage += "..." if param.nargs != 1 else ""
+        param.get_usage_pieces = lambda ctx: [usage]
         return
     described = param.type_descriptor
     default = param.default if param.show_default is not False else None
