@@ -148,6 +148,9 @@ def explain_method(
     return name, explainer, described | {"score": loaded.reading.map_score(settings.score)}, loaded
 
 
+TITLE = "vitcam explain"  # the summary table's, on the terminal (audit has its own)
+
+
 def _method_line(summary: dict[str, Any]) -> str:
     method, engine = summary["settings"]["method"], summary["settings"]["engine"]
     if method.get("name", "reciprocam") != "reciprocam":
@@ -155,7 +158,7 @@ def _method_line(summary: dict[str, Any]) -> str:
     return f"ViT-ReciproCAM {describe(method)}, {engine} engine"
 
 
-def summary_table(summary: dict[str, Any], title: str = "vitcam explain") -> Table:
+def summary_table(summary: dict[str, Any], title: str = TITLE) -> Table:
     """The run in a table that fits 80 columns: short labels kept whole, long values folded."""
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(no_wrap=True)
@@ -204,9 +207,7 @@ def write_explain_report(path: Path, summary: dict[str, Any], gallery: Gallery, 
     )  # fmt: skip
 
 
-def merge_explanations(
-    folders: list[Path], destination: Path, quiet: bool, title: str = "vitcam explain"
-) -> int:
+def merge_explanations(folders: list[Path], destination: Path, quiet: bool, title: str = TITLE) -> int:
     """Combine an explain run's shards: results.jsonl/.csv, summary.json and report.html."""
     summary = merge_shards(folders, destination, write_explain_report)
     Console(stderr=True, quiet=quiet).print(summary_table(summary, title))
@@ -216,7 +217,7 @@ def merge_explanations(
 class Explain:
     """The explain command on one process's images (see ``runner.run_command``)."""
 
-    title = "vitcam explain"  # the summary table's, on the terminal
+    title = TITLE
 
     def __init__(
         self, options: ExplainOptions, stdin: IO[bytes] | None = None, stdout: TextIO | None = None

@@ -64,8 +64,9 @@ def canonical_name(spec: str) -> str:
     spec = spec.strip().lower()
     if spec in BASELINES:
         return spec
-    if spec.split(":")[0] != "reciprocam":
-        hint = did_you_mean(spec.split(":")[0], [*BASELINES, "reciprocam"])
+    name = spec.split(":")[0]
+    if name != "reciprocam":
+        hint = did_you_mean(name, [*BASELINES, "reciprocam"])
         raise ParameterError("method", f"no such method{hint}; {USAGE}", spec)
     return reciprocam_name(*_settings(spec))
 

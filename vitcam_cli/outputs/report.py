@@ -185,7 +185,6 @@ CHART_METRICS = ("adcc", "average_drop", "coherency", "complexity", "insertion",
                  "pointing_game", "energy_in_box", "discrimination")  # fmt: skip
 FAILURES_SHOWN = 200
 
-
 TEMPLATES = Environment(
     loader=PackageLoader("vitcam_cli.outputs", "templates"), autoescape=select_autoescape(default=True)
 )
